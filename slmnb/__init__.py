@@ -1,0 +1,41 @@
+"""slmnb: fine-tune small language models from a notebook.
+
+`import slmnb` stays light: torch, transformers and peft load only when work starts, so every name below is
+imported on first use.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__version__ = "0.1.0"
+
+_EXPORTS = {
+    "FinetuneConfig": "slmnb.config",
+    "load_config": "slmnb.config",
+    "ConfigError": "slmnb.errors",
+    "RunError": "slmnb.errors",
+    "SlmnbError": "slmnb.errors",
+    "preview": "slmnb.data",
+    "finetune": "slmnb.training.run",
+    "load_run": "slmnb.training.run",
+    "active_run": "slmnb.training.run",
+    "TrainingRun": "slmnb.training.run",
+    "events": "slmnb.training.events",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'slmnb' has no attribute {name!r}")
+    module = importlib.import_module(_EXPORTS[name])
+    value = module if name == "events" else getattr(module, name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(list(globals()) + __all__)

@@ -1,0 +1,137 @@
+"""`slmnb finetune CONFIG.yaml [--field value ...]`: the same engine, headless, with a text progress bar.
+
+Every FinetuneConfig field is an option named as in `olive finetune`. Under `torchrun --nproc_per_node=N` each
+process runs this and the Trainer trains data-parallel (gloo on CPU); only rank 0 prints and writes the run folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from dataclasses import fields
+from typing import Any, TextIO
+
+from slmnb.config import FinetuneConfig, unknown_key_message
+from slmnb.errors import ConfigError, SlmnbError
+from slmnb.training import events as ev
+
+SHORT_OPTIONS = {"model_name_or_path": "-m", "output_dir": "-o"}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="slmnb", description="Fine-tune small language models.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    finetune = commands.add_parser("finetune", help="Fine-tune a model (LoRA, QLoRA or full).",
+                                   argument_default=argparse.SUPPRESS)
+    finetune.add_argument("config", nargs="?", help="A YAML or JSON FinetuneConfig; options override it.")
+    finetune.add_argument("--resume", action="store_true", help="Continue the named run from its last checkpoint.")
+    for f in fields(FinetuneConfig):
+        if f.metadata["kind"] == "rows":
+            continue  # inline rows belong in a config file
+        flags = [f"--{f.name}"] + ([SHORT_OPTIONS[f.name]] if f.name in SHORT_OPTIONS else [])
+        if f.metadata["kind"] == "bool":
+            finetune.add_argument(*flags, nargs="?", const="true", metavar="true|false", help=f.metadata["help"])
+        else:
+            finetune.add_argument(*flags, metavar=f.metadata["kind"].upper(), help=f.metadata["help"])
+    return parser
+
+
+class ProgressBar:
+    """A one-line bar on a terminal; on a pipe or a CI log, a line per evaluation and per tenth of the run."""
+
+    def __init__(self, stream: TextIO | None = None, width: int = 24) -> None:
+        self.stream, self.width = stream or sys.stderr, width
+        self.tty = self.stream.isatty()
+        self.max_steps = 0
+        self.last: dict[str, float] = {}
+        self.printed_tenth = -1
+
+    def __call__(self, event: ev.Event) -> None:
+        if isinstance(event, ev.Started):
+            self.max_steps = event.max_steps
+            self._line(f"training {event.name} ({event.precision}) from step {event.step}", final=True)
+        elif isinstance(event, ev.Step):
+            self.last.update(loss=event.loss, tokens_per_second=event.tokens_per_second, elapsed=event.elapsed,
+                             step=event.step)
+            tenth = event.step * 10 // max(self.max_steps, 1)
+            if self.tty or tenth > self.printed_tenth:
+                self.printed_tenth = tenth
+                self._line(self._bar(), final=not self.tty)
+        elif isinstance(event, ev.Eval):
+            self._line(f"step {event.step}/{self.max_steps}: eval loss {event.eval_loss:.4f}, perplexity "
+                       f"{event.perplexity:.2f}", final=True)
+        elif isinstance(event, ev.Finished | ev.Stopped):
+            what = "stopped" if isinstance(event, ev.Stopped) else f"finished ({event.reason})"
+            self._line(f"{what} at step {event.step} in {_clock(event.elapsed)}; saved to {event.output_path}",
+                       final=True)
+
+    def _bar(self) -> str:
+        step, total = int(self.last.get("step", 0)), max(self.max_steps, 1)
+        filled = self.width * step // total
+        elapsed = self.last.get("elapsed", 0.0)
+        eta = ""
+        if step:
+            eta = f" ETA {_clock(elapsed / step * (total - step))}"
+        return (f"[{'#' * filled}{'.' * (self.width - filled)}] {step}/{total} loss {self.last.get('loss', 0):.4f} "
+                f"{self.last.get('tokens_per_second', 0):.0f} tok/s{eta}")
+
+    def _line(self, text: str, final: bool) -> None:
+        if self.tty:
+            self.stream.write("\r\033[K" + text + ("\n" if final else ""))
+        else:
+            self.stream.write(text + "\n")
+        self.stream.flush()
+
+
+def _clock(seconds: float) -> str:
+    seconds = int(seconds)
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
+def run_finetune(options: dict[str, Any]) -> int:
+    from slmnb.training.run import finetune
+
+    source = options.pop("config", None)
+    resume = options.pop("resume", False)
+    rank0 = int(os.environ.get("RANK", "0")) == 0
+    listeners = [ProgressBar()] if rank0 else []
+    run = finetune(source, resume=resume, listeners=listeners, **options)
+    try:
+        while run.alive:
+            run.wait(0.2)  # short waits keep Ctrl-C responsive
+    except KeyboardInterrupt:
+        if rank0:
+            print("\nstopping at the next step (Ctrl-C again to abort)...", file=sys.stderr)
+        run.stop()
+    except Exception:  # the run failed: its Failed event holds the one-sentence reason
+        pass
+    while run.alive:
+        run.wait(0.2)
+    failed = [e for e in run.history if isinstance(e, ev.Failed)]
+    if run.status == "failed" and failed:
+        print(f"error: {failed[-1].reason}", file=sys.stderr)
+        return 1
+    if run.status == "stopped" and rank0:
+        print(f"resume with: slmnb finetune --name {run.name} --resume", file=sys.stderr)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parsed, unknown = build_parser().parse_known_args(argv)
+    args = vars(parsed)
+    command = args.pop("command")
+    try:
+        if unknown:
+            option = unknown[0].lstrip("-").split("=")[0]
+            raise ConfigError(unknown_key_message(option, [f.name for f in fields(FinetuneConfig)]))
+        if command == "finetune":
+            return run_finetune(args)
+    except SlmnbError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,264 @@
+"""FinetuneConfig: the one configuration object that the magic, the form, the CLI and the Olive import all build.
+
+Field names follow `olive finetune` where it has one. Every mistake a user can make here raises a ConfigError whose
+message is one sentence naming the fix; nothing from inside transformers ever reaches the user for a bad value.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import re
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from slmnb.errors import ConfigError
+
+METHODS = ("lora", "qlora", "full")
+PRECISIONS = ("auto", "bf16", "fp32")
+SCHEDULERS = (
+    "linear", "cosine", "cosine_with_restarts", "cosine_with_min_lr", "polynomial", "constant",
+    "constant_with_warmup", "inverse_sqrt", "warmup_stable_decay",
+)
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+def _opt(default: Any, help: str, kind: str, *, choices: tuple[str, ...] | None = None,
+         low: float | None = None, high: float | None = None, high_open: bool = False) -> Any:
+    """A config field: `kind` is str | int | float | bool | strs (a list of strings) | rows (a list of mappings)."""
+    meta = {"help": help, "kind": kind, "choices": choices, "low": low, "high": high, "high_open": high_open}
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass
+class FinetuneConfig:
+    # model and method
+    model_name_or_path: str = _opt(
+        "smollm2-135m-instruct",
+        "smollm2-135m-instruct (embedded), tiny-llama (random, for tests), a local Hugging Face folder or a hub id.",
+        "str")
+    method: str = _opt("lora", "lora, qlora (4-bit base model) or full fine-tuning.", "str", choices=METHODS)
+    lora_r: int = _opt(8, "LoRA rank.", "int", low=1)
+    lora_alpha: int = _opt(16, "LoRA scaling numerator (the update is scaled by lora_alpha / lora_r).", "int", low=1)
+    lora_dropout: float = _opt(0.05, "Dropout on the LoRA input.", "float", low=0.0, high=1.0, high_open=True)
+    target_modules: list[str] | None = _opt(
+        None, "Modules that get LoRA weights: a list, 'all-linear', or empty for the architecture's default.", "strs")
+    # data
+    data_name: str | None = _opt(
+        None, "A bundled dataset name (tones) or the path of a folder saved with datasets' save_to_disk.", "str")
+    data_files: list[str] | None = _opt(None, "Local JSON, JSONL, CSV or Parquet files (a list or comma-separated).",
+                                        "strs")
+    rows: list[dict[str, Any]] | None = _opt(None, "Training rows given inline, as a list of mappings.", "rows")
+    train_split: str = _opt("train", "Split to train on; slices such as train[:90%] work.", "str")
+    eval_split: str | None = _opt(None, "Split to evaluate on; empty holds out eval_size of the train split.", "str")
+    eval_size: float = _opt(0.1, "Fraction of the train split held out for evaluation when eval_split is empty.",
+                            "float", low=0.0, high=1.0, high_open=True)
+    max_samples: int | None = _opt(None, "Use at most this many training rows.", "int", low=1)
+    max_seq_len: int = _opt(512, "Longest tokenized example; longer ones are truncated.", "int", low=8)
+    # text
+    text_template: str | None = _opt(None, "Olive-style template such as '{phrase} -> {tone}'; loss on all text.",
+                                     "str")
+    prompt_template: str | None = _opt(None, "Template of the prompt, such as '{phrase}'.", "str")
+    response_template: str | None = _opt(None, "Template of the answer, such as '{tone}'; loss on it only.", "str")
+    use_chat_template: bool = _opt(
+        False, "Render prompt and response as user and assistant messages with the tokenizer's chat template.", "bool")
+    # training
+    learning_rate: float = _opt(2e-4, "Peak learning rate.", "float", low=0.0)
+    max_steps: int | None = _opt(None, "Optimizer steps to train; overrides num_train_epochs.", "int", low=1)
+    num_train_epochs: float = _opt(1.0, "Epochs to train when max_steps is empty.", "float", low=0.0)
+    per_device_train_batch_size: int = _opt(8, "Examples per step on each device.", "int", low=1)
+    gradient_accumulation_steps: int = _opt(1, "Batches accumulated per optimizer step.", "int", low=1)
+    logging_steps: int = _opt(1, "Report the training loss every this many steps.", "int", low=1)
+    eval_steps: int | None = _opt(None, "Evaluate every this many steps; empty means about 10 times a run.", "int",
+                                  low=1)
+    save_steps: int | None = _opt(None, "Checkpoint every this many steps; empty means at every evaluation.", "int",
+                                  low=1)
+    lr_scheduler_type: str = _opt("linear", "Learning-rate schedule.", "str", choices=SCHEDULERS)
+    warmup_ratio: float = _opt(0.0, "Fraction of the steps spent warming the learning rate up.", "float",
+                               low=0.0, high=1.0, high_open=True)
+    weight_decay: float = _opt(0.0, "AdamW weight decay.", "float", low=0.0)
+    seed: int = _opt(42, "Seed for the data split, shuffling and initialisation.", "int", low=0)
+    gradient_checkpointing: bool = _opt(False, "Trade compute for memory by recomputing activations.", "bool")
+    precision: str = _opt("auto", "auto (bf16 where the CPU or GPU supports it), bf16 or fp32.", "str",
+                          choices=PRECISIONS)
+    early_stopping_patience: int | None = _opt(
+        None, "Stop after this many evaluations without a better eval loss.", "int", low=1)
+    # where
+    output_dir: str | None = _opt(None, "The run folder; empty means runs/<name>.", "str")
+    name: str | None = _opt(None, "The run's name; empty means one made from the data, method and time.", "str")
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            setattr(self, f.name, _coerce(f, getattr(self, f.name)))
+        self._check_combinations()
+
+    def _check_combinations(self) -> None:
+        sources = [n for n in ("data_name", "data_files", "rows") if getattr(self, n)]
+        if len(sources) > 1:
+            raise ConfigError(f"Give one data source, not {' and '.join(sources)}: keep one of them.")
+        if self.text_template and (self.prompt_template or self.response_template):
+            raise ConfigError("Give either text_template or prompt_template + response_template, not both.")
+        if bool(self.prompt_template) != bool(self.response_template):
+            missing = "response_template" if self.prompt_template else "prompt_template"
+            raise ConfigError(f"prompt_template and response_template go together: add {missing}.")
+        if self.use_chat_template and self.text_template:
+            raise ConfigError("use_chat_template needs prompt_template and response_template instead of "
+                              "text_template, so the prompt becomes the user message and the response the answer.")
+        if self.name is not None and not NAME_PATTERN.match(self.name):
+            raise ConfigError(f"name {self.name!r} can only use letters, digits, '.', '_' and '-', such as "
+                              "'tones-lora'.")
+
+    # --- building --------------------------------------------------------------------------------------
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> FinetuneConfig:
+        if not isinstance(values, dict):
+            raise ConfigError("The config must be a mapping of keys to values, such as 'max_steps: 60'.")
+        names = [f.name for f in fields(cls)]
+        for key in values:
+            if key not in names:
+                raise ConfigError(unknown_key_message(str(key), names))
+        return cls(**values)
+
+    @classmethod
+    def from_text(cls, text: str) -> FinetuneConfig:
+        """A YAML or JSON document (JSON is YAML, so one parser reads both)."""
+        return cls.from_dict(parse_yaml(text) or {})
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> FinetuneConfig:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"Config file {str(path)!r} does not exist: check the path.")
+        return cls.from_text(path.read_text(encoding="utf-8"))
+
+    def replace(self, **overrides: Any) -> FinetuneConfig:
+        """A copy with some fields changed, checked like any other config."""
+        return FinetuneConfig.from_dict({**self.to_dict(), **overrides})
+
+    # --- writing ---------------------------------------------------------------------------------------
+
+    def to_dict(self, include_defaults: bool = True) -> dict[str, Any]:
+        out = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if include_defaults or value != _default(f):
+                out[f.name] = value
+        return out
+
+    def to_yaml(self, include_defaults: bool = True) -> str:
+        import yaml
+
+        return yaml.safe_dump(self.to_dict(include_defaults), sort_keys=False, allow_unicode=True, width=120)
+
+
+def load_config(source: FinetuneConfig | dict[str, Any] | str | Path | None = None,
+                **overrides: Any) -> FinetuneConfig:
+    """Build a config from a config, a mapping, a .yaml/.yml/.json path or YAML text, then apply overrides."""
+    if source is None:
+        base: dict[str, Any] = {}
+    elif isinstance(source, FinetuneConfig):
+        base = source.to_dict()
+    elif isinstance(source, dict):
+        base = dict(source)
+    elif isinstance(source, Path) or (isinstance(source, str) and "\n" not in source
+                                      and source.strip().endswith((".yaml", ".yml", ".json"))):
+        base = FinetuneConfig.from_file(source).to_dict()
+    elif isinstance(source, str):
+        base = parse_yaml(source) or {}
+        if not isinstance(base, dict):
+            raise ConfigError("The config must be a mapping of keys to values, such as 'max_steps: 60'.")
+    else:
+        raise ConfigError(f"A config is a mapping, a YAML/JSON path or text, not {type(source).__name__}.")
+    return FinetuneConfig.from_dict({**base, **overrides})
+
+
+def parse_yaml(text: str) -> Any:
+    import yaml
+
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or "syntax error"
+        raise ConfigError(f"The config is not valid YAML ({problem}{where}): check the indentation and quote "
+                          "values that contain ':' or '#'.") from None
+
+
+def _default(f: dataclasses.Field[Any]) -> Any:
+    return f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+
+
+def unknown_key_message(key: str, names: list[str]) -> str:
+    close = difflib.get_close_matches(key, names, n=1, cutoff=0.5)
+    if close:
+        return f"Unknown config key {key!r}: did you mean {close[0]}?"
+    return f"Unknown config key {key!r}: valid keys are {', '.join(names)}."
+
+
+def _coerce(f: dataclasses.Field[Any], value: Any) -> Any:
+    """Check one value against its field, turning the forms YAML and command lines produce into the field's type."""
+    meta, name = f.metadata, f.name
+    if value is None or (value == "" and _default(f) is None):
+        if _default(f) is None:
+            return None
+        raise ConfigError(f"{name} needs a value; its default is {_default(f)!r}.")
+    kind = meta["kind"]
+    if kind == "str":
+        if not isinstance(value, str | int | float) or isinstance(value, bool):
+            raise ConfigError(f"{name} must be a text value, got {value!r}.")
+        value = str(value)
+        if meta["choices"] and value not in meta["choices"]:
+            close = difflib.get_close_matches(value, meta["choices"], n=1)
+            hint = f" (did you mean {close[0]}?)" if close else ""
+            raise ConfigError(f"{name} must be one of {', '.join(meta['choices'])}{hint}, got {value!r}.")
+        return value
+    if kind == "bool":
+        if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no"):
+            return value.lower() in ("true", "yes")
+        if not isinstance(value, bool):
+            raise ConfigError(f"{name} must be true or false, got {value!r}.")
+        return value
+    if kind in ("int", "float"):
+        return _number(name, value, kind, meta)
+    if kind == "strs":
+        if isinstance(value, str):
+            value = [part.strip() for part in value.split(",") if part.strip()]
+        if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
+            raise ConfigError(f"{name} must be a list of names or a comma-separated text, got {value!r}.")
+        if name == "target_modules" and list(value) == ["all-linear"]:
+            return "all-linear"
+        return list(value) or None
+    if kind == "rows":
+        if not isinstance(value, list | tuple) or not all(isinstance(r, dict) for r in value):
+            raise ConfigError(f"{name} must be a list of mappings such as [{{'phrase': 'hi', 'tone': 'Joy'}}].")
+        return [dict(r) for r in value]
+    raise AssertionError(f"unknown field kind {kind}")
+
+
+def _number(name: str, value: Any, kind: str, meta: dict[str, Any]) -> int | float:
+    # YAML 1.1 reads 1e-3 as a string and command lines give strings: accept any text that is a number.
+    if isinstance(value, str):
+        try:
+            value = float(value) if kind == "float" or not value.strip().lstrip("-").isdigit() else int(value)
+        except ValueError:
+            raise ConfigError(f"{name} must be a number, got {value!r}.") from None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ConfigError(f"{name} must be a number, got {value!r}.")
+    if kind == "int":
+        if value != int(value):
+            raise ConfigError(f"{name} must be a whole number, got {value!r}.")
+        value = int(value)
+    else:
+        value = float(value)
+    low, high = meta["low"], meta["high"]
+    if low is not None and value < low:
+        raise ConfigError(f"{name} must be at least {low:g}, got {value:g}.")
+    if high is not None and (value >= high if meta["high_open"] else value > high):
+        bound = f"below {high:g}" if meta["high_open"] else f"at most {high:g}"
+        raise ConfigError(f"{name} must be {bound}, got {value:g}.")
+    return value

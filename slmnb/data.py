@@ -1,0 +1,327 @@
+"""Training data: read the source a config names, pick its splits, render templates and tokenize.
+
+Rows are plain dicts from start to end: they are small, and a list of dicts is what people can inspect.
+Templates only substitute `{column}`; attribute and index access are refused, so a template cannot run code.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import random
+import statistics
+import string
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from slmnb.config import FinetuneConfig
+from slmnb.errors import ConfigError
+
+BUNDLED_DIR = Path(__file__).parent / "datasets"
+Rows = list[dict[str, Any]]
+
+
+def bundled_datasets() -> list[str]:
+    return sorted(p.name for p in BUNDLED_DIR.iterdir() if (p / "dataset.json").is_file())
+
+
+def bundled_defaults(name: str) -> dict[str, Any]:
+    """What a bundled dataset says about itself: description and the templates that suit it."""
+    return json.loads((BUNDLED_DIR / name / "dataset.json").read_text(encoding="utf-8"))
+
+
+def with_default_templates(config: FinetuneConfig) -> FinetuneConfig:
+    """A bundled dataset brings its own templates, so `data_name: tones` alone is a working config."""
+    if config.text_template or config.prompt_template or config.data_name not in bundled_datasets():
+        return config
+    defaults = bundled_defaults(config.data_name)
+    return config.replace(prompt_template=defaults["prompt_template"],
+                          response_template=defaults["response_template"])
+
+
+# --- reading sources ----------------------------------------------------------------------------------
+
+
+def read_splits(config: FinetuneConfig) -> dict[str, Rows]:
+    """Every split of the configured source, as lists of rows."""
+    if config.rows:
+        return {"train": list(config.rows)}
+    if config.data_files:
+        rows: Rows = []
+        for name in config.data_files:
+            rows.extend(_read_file(Path(name).expanduser()))
+        return {"train": rows}
+    if config.data_name:
+        if config.data_name in bundled_datasets():
+            folder = BUNDLED_DIR / config.data_name
+            return {p.stem: _read_file(p) for p in sorted(folder.glob("*.jsonl"))}
+        return _read_saved_dataset(Path(config.data_name).expanduser())
+    raise ConfigError("Give the training data: data_name (a bundled dataset such as "
+                      f"{', '.join(bundled_datasets())}, or a saved datasets folder), data_files, or rows.")
+
+
+def _read_file(path: Path) -> Rows:
+    if not path.is_file():
+        raise ConfigError(f"Data file {str(path)!r} does not exist: check data_files (paths are relative to "
+                          f"{Path.cwd()}).")
+    suffix = path.suffix.lower()
+    if suffix in (".json", ".jsonl"):
+        return _read_json(path)
+    if suffix == ".csv":
+        with open(path, newline="", encoding="utf-8") as handle:
+            return list(csv.DictReader(handle))
+    if suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        return pq.read_table(path).to_pylist()
+    raise ConfigError(f"Cannot read {path.name!r}: data files must end in .json, .jsonl, .csv or .parquet.")
+
+
+def _read_json(path: Path) -> Rows:
+    text = path.read_text(encoding="utf-8")
+    try:
+        data = json.loads(text)  # Olive's examples: one list of objects
+    except json.JSONDecodeError:
+        data = None
+    if data is None or isinstance(data, dict):
+        data = []
+        for number, line in enumerate(text.splitlines(), 1):  # JSON Lines
+            if line.strip():
+                try:
+                    data.append(json.loads(line))
+                except json.JSONDecodeError as exc:
+                    raise ConfigError(f"{path.name} line {number} is not valid JSON ({exc.msg}): the file must "
+                                      "hold a list of objects or one object per line.") from None
+    if not isinstance(data, list) or not all(isinstance(row, dict) for row in data):
+        raise ConfigError(f"{path.name} must hold a list of objects or one object per line.")
+    return data
+
+
+def _read_saved_dataset(path: Path) -> dict[str, Rows]:
+    if not path.is_dir():
+        raise ConfigError(f"data_name {str(path)!r} is neither a bundled dataset ({', '.join(bundled_datasets())}) "
+                          "nor a folder saved with datasets' save_to_disk.")
+    from datasets import Dataset, DatasetDict, load_from_disk
+
+    try:
+        loaded = load_from_disk(str(path))
+    except FileNotFoundError:
+        raise ConfigError(f"{str(path)!r} is not a folder saved with datasets' save_to_disk.") from None
+    if isinstance(loaded, Dataset):
+        return {"train": loaded.to_list()}
+    assert isinstance(loaded, DatasetDict)
+    return {name: split.to_list() for name, split in loaded.items()}
+
+
+# --- splits -------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Data:
+    train: Rows
+    eval: Rows
+    columns: list[str]
+    splits: dict[str, Rows] = field(repr=False)
+
+
+def load_data(config: FinetuneConfig) -> Data:
+    """The train and eval rows of a config, checked: non-empty, and every template placeholder is a column."""
+    splits = read_splits(config)
+    train = select_split(splits, config.train_split, "train_split")
+    if config.eval_split:
+        eval_rows = select_split(splits, config.eval_split, "eval_split")
+        if not eval_rows:
+            raise ConfigError(f"eval_split {config.eval_split!r} has no rows: pick a larger slice or another split.")
+    elif config.eval_size > 0 and len(train) >= 2:
+        order = list(range(len(train)))
+        random.Random(config.seed).shuffle(order)
+        held = set(order[: max(1, round(len(train) * config.eval_size))])
+        eval_rows = [row for i, row in enumerate(train) if i in held]
+        train = [row for i, row in enumerate(train) if i not in held]
+    else:
+        eval_rows = []
+    if config.max_samples:
+        train = train[: config.max_samples]
+    if not train:
+        raise ConfigError(f"The training data has no rows (train_split {config.train_split!r}): check the data "
+                          "source and the split.")
+    columns = list(dict.fromkeys(key for row in train for key in row))
+    check_templates(with_default_templates(config), columns)
+    return Data(train=train, eval=eval_rows, columns=columns, splits=splits)
+
+
+def select_split(splits: dict[str, Rows], spec: str, option: str) -> Rows:
+    """Rows of a split in datasets' slice syntax: train, train[:90%], train[10:20]+test."""
+    from datasets import ReadInstruction
+
+    try:
+        parts = ReadInstruction.from_spec(spec).to_absolute({name: len(rows) for name, rows in splits.items()})
+    except (ValueError, AssertionError) as exc:
+        if "Unknown split" in str(exc):
+            raise ConfigError(f"{option} {spec!r} names no split of the data: the splits are "
+                              f"{', '.join(splits)}.") from None
+        raise ConfigError(f"{option} {spec!r} is not a split or slice such as 'train' or 'train[:90%]'.") from None
+    return [row for part in parts for row in splits[part.splitname][part.from_:part.to]]
+
+
+# --- templates ----------------------------------------------------------------------------------------
+
+
+def placeholders(template: str, option: str) -> list[str]:
+    names = []
+    try:
+        parsed = list(string.Formatter().parse(template))
+    except ValueError as exc:
+        raise ConfigError(f"{option} is malformed ({exc}): write {{column}} for a value and {{{{ }}}} for a "
+                          "literal brace.") from None
+    for _, name, spec, conversion in parsed:
+        if name is None:
+            continue
+        if not name.isidentifier() or spec or conversion:
+            raise ConfigError(f"{option} may only use plain {{column}} placeholders, not {{{name}"
+                              f"{'!' + conversion if conversion else ''}{':' + spec if spec else ''}}}.")
+        names.append(name)
+    return names
+
+
+def check_templates(config: FinetuneConfig, columns: list[str]) -> None:
+    options = ("text_template", "prompt_template", "response_template")
+    if not any(getattr(config, option) for option in options):
+        raise ConfigError("Give a text_template, or a prompt_template and response_template, using the columns: "
+                          f"{', '.join(columns)}.")
+    for option in options:
+        template = getattr(config, option)
+        for name in placeholders(template, option) if template else []:
+            if name not in columns:
+                raise ConfigError(f"{option} uses {{{name}}}, which is not a column: the columns are "
+                                  f"{', '.join(columns)}.")
+
+
+def render(template: str, row: dict[str, Any], option: str = "template") -> str:
+    """Substitute {column} values; only names are looked up, never attributes or indexes."""
+    out = []
+    for literal, name, _, _ in string.Formatter().parse(template):
+        out.append(literal)
+        if name is not None:
+            if name not in row:
+                raise ConfigError(f"{option} uses {{{name}}}, which this row lacks: the row has {', '.join(row)}.")
+            out.append(str(row[name]))
+    return "".join(out)
+
+
+def prompt_of(template: str, row: dict[str, Any]) -> str:
+    """The text template up to its first placeholder the row lacks: the prompt to complete at prediction time."""
+    out = []
+    for literal, name, _, _ in string.Formatter().parse(template):
+        out.append(literal)
+        if name is None:
+            continue
+        if name not in row:
+            break
+        out.append(str(row[name]))
+    return "".join(out)
+
+
+# --- tokens -------------------------------------------------------------------------------------------
+
+
+def prompt_ids(config: FinetuneConfig, tokenizer: Any, row: dict[str, Any]) -> list[int]:
+    """Token ids of the prompt for one row, exactly as training saw them before the response."""
+    if config.text_template:
+        return tokenizer(prompt_of(config.text_template, row))["input_ids"]
+    prompt = render(config.prompt_template or "", row, "prompt_template")
+    if config.use_chat_template:
+        text = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
+                                             add_generation_prompt=True)
+        return tokenizer(text, add_special_tokens=False)["input_ids"]
+    return tokenizer(prompt)["input_ids"]
+
+
+def encode(config: FinetuneConfig, tokenizer: Any, row: dict[str, Any]) -> dict[str, list[int]]:
+    """input_ids and labels of one row; labels are -100 where no loss is taken (the prompt)."""
+    if config.text_template:
+        ids = tokenizer(render(config.text_template, row, "text_template"))["input_ids"] + [tokenizer.eos_token_id]
+        labels = list(ids)
+    else:
+        prompt = prompt_ids(config, tokenizer, row)
+        response = render(config.response_template or "", row, "response_template")
+        if config.use_chat_template:
+            user = render(config.prompt_template or "", row, "prompt_template")
+            messages = [{"role": "user", "content": user}, {"role": "assistant", "content": response}]
+            full = tokenizer.apply_chat_template(messages, tokenize=False)
+            head = tokenizer.apply_chat_template(messages[:1], tokenize=False, add_generation_prompt=True)
+            if not full.startswith(head):
+                raise ConfigError("This tokenizer's chat template does not start the conversation with the "
+                                  "prompt alone: set use_chat_template: false and write the format into the templates.")
+            answer = tokenizer(full[len(head):], add_special_tokens=False)["input_ids"]
+        else:
+            answer = tokenizer(response, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+        ids = prompt + answer
+        labels = [-100] * len(prompt) + answer
+    ids, labels = ids[: config.max_seq_len], labels[: config.max_seq_len]
+    return {"input_ids": ids, "labels": labels}
+
+
+def encode_rows(config: FinetuneConfig, tokenizer: Any, rows: Rows) -> tuple[list[dict[str, list[int]]], int]:
+    """Encoded rows, and how many were dropped because truncation left them no response tokens."""
+    if config.use_chat_template and not getattr(tokenizer, "chat_template", None):
+        raise ConfigError(f"The tokenizer of {config.model_name_or_path} has no chat template: set "
+                          "use_chat_template: false.")
+    encoded = [encode(config, tokenizer, row) for row in rows]
+    kept = [e for e in encoded if any(label != -100 for label in e["labels"])]
+    return kept, len(encoded) - len(kept)
+
+
+# --- preview ------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Preview:
+    """What a config would train on: a few rendered rows and the token lengths of all of them."""
+
+    config: FinetuneConfig
+    columns: list[str]
+    rows: list[dict[str, Any]]
+    train_rows: int
+    eval_rows: int
+    token_stats: dict[str, float]
+    truncated: int
+    dropped: int
+
+    def __str__(self) -> str:
+        s = self.token_stats
+        lines = [f"{self.train_rows} train rows, {self.eval_rows} eval rows; columns: {', '.join(self.columns)}",
+                 f"tokens per example: min {s['min']:.0f}, median {s['median']:.0f}, mean {s['mean']:.1f}, "
+                 f"max {s['max']:.0f}; truncated at {self.config.max_seq_len}: {self.truncated}; "
+                 f"dropped (no response left): {self.dropped}"]
+        for row in self.rows:
+            lines.append(f"--- {row['tokens']} tokens\n{row['prompt']}{row['response']}")
+        return "\n".join(lines)
+
+
+def preview(config: FinetuneConfig | dict[str, Any] | str, n: int = 5) -> Preview:
+    from slmnb.config import load_config
+    from slmnb.models import load_tokenizer
+
+    config = with_default_templates(load_config(config))
+    data = load_data(config)
+    tokenizer = load_tokenizer(config.model_name_or_path)
+    if config.use_chat_template and not getattr(tokenizer, "chat_template", None):
+        encode_rows(config, tokenizer, [])  # raises the one-sentence error
+    untruncated = config.replace(max_seq_len=1 << 30)
+    full = [encode(untruncated, tokenizer, row) for row in data.train]
+    lengths = [min(len(e["input_ids"]), config.max_seq_len) for e in full]
+    prompt_lengths = [e["labels"].count(-100) for e in full]
+    shown = []
+    for row, enc, n_prompt in zip(data.train[:n], full, prompt_lengths, strict=False):
+        ids = enc["input_ids"][: config.max_seq_len]
+        shown.append({**row, "prompt": tokenizer.decode(ids[:n_prompt]), "response": tokenizer.decode(ids[n_prompt:]),
+                      "tokens": len(ids)})
+    return Preview(
+        config=config, columns=data.columns, rows=shown, train_rows=len(data.train), eval_rows=len(data.eval),
+        token_stats={"min": min(lengths), "median": statistics.median(lengths),
+                     "mean": statistics.fmean(lengths), "max": max(lengths)},
+        truncated=sum(1 for e in full if len(e["input_ids"]) > config.max_seq_len),
+        dropped=sum(1 for n_prompt in prompt_lengths if n_prompt >= config.max_seq_len),
+    )

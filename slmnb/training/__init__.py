@@ -1,0 +1,1 @@
+"""The training layer: it never imports ipywidgets or plotly, and never prints; it sends events."""

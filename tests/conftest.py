@@ -1,0 +1,39 @@
+"""Tests run offline on the tiny model, each in its own working folder so runs/ never leaks between tests."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+# Built models are cached across test sessions (the Makefile shares the cache with `make demo`).
+os.environ.setdefault("SLMNB_HOME", str(ROOT / ".cache" / "slmnb"))
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ.setdefault("HF_HOME", str(ROOT / ".cache" / "huggingface"))
+os.environ["TOKENIZERS_PARALLELISM"] = "false"
+
+
+@pytest.fixture
+def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A fresh current folder: runs go to ./runs inside it."""
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+@pytest.fixture
+def tiny() -> dict:
+    """A small learnable task on the tiny model: every phrase answers its label."""
+    rows = [{"phrase": f"sample phrase number {i}", "tone": "Joy"} for i in range(48)]
+    return {
+        "model_name_or_path": "tiny-llama",
+        "rows": rows,
+        "prompt_template": "{phrase}",
+        "response_template": "{tone}",
+        "max_steps": 16,
+        "learning_rate": 5e-3,
+        "per_device_train_batch_size": 8,
+        "eval_steps": 4,
+        "precision": "fp32",
+    }

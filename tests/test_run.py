@@ -1,0 +1,221 @@
+from __future__ import annotations
+
+import json
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+import slmnb
+from slmnb.config import load_config
+from slmnb.errors import ConfigError, RunError
+from slmnb.training import events as ev
+
+
+def steps_of(run) -> list[ev.Step]:
+    return [e for e in run.history if isinstance(e, ev.Step)]
+
+
+def test_finetune_returns_at_once_and_loss_falls(workdir, tiny) -> None:
+    start = time.perf_counter()
+    run = slmnb.finetune(tiny, name="learn", learning_rate=3e-2)
+    assert time.perf_counter() - start < 5 and run.alive
+    run.wait()
+    losses = [e.loss for e in steps_of(run)]
+    assert len(losses) == 16
+    assert sum(losses[-3:]) / 3 < 0.75 * losses[0]
+    assert run.status == "finished"
+
+
+def test_events_come_in_order(workdir, tiny) -> None:
+    seen: list[ev.Event] = []
+    run = slmnb.finetune(tiny, name="order", listeners=[seen.append]).wait()
+    assert seen == run.history
+    kinds = [type(e) for e in seen]
+    assert kinds[0] is ev.Started and kinds[-1] is ev.Finished
+    assert seen[0].max_steps == 16 and seen[0].precision == "fp32"
+    assert [e.step for e in steps_of(run)] == list(range(1, 17))
+    assert [e.step for e in seen if isinstance(e, ev.Eval)] == [4, 8, 12, 16]
+    assert [e.step for e in seen] == sorted(e.step for e in seen)
+    for event in seen:
+        if isinstance(event, ev.Eval):
+            assert event.perplexity == pytest.approx(2.718281828 ** event.eval_loss, rel=1e-6)
+    step = steps_of(run)[3]
+    assert step.tokens_per_second > 0 and step.grad_norm is not None and step.learning_rate > 0 and step.epoch > 0
+
+
+def test_the_run_folder(workdir, tiny) -> None:
+    run = slmnb.finetune(tiny, name="folder").wait()
+    folder = workdir / "runs" / "folder"
+    assert run.dir == Path("runs/folder")
+    assert load_config(folder / "config.yaml") == run.config
+    assert run.config.target_modules == ["q_proj", "v_proj"]  # resolved for the architecture
+    lines = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in lines if "loss" in r] == list(range(1, 17))
+    assert [r["step"] for r in lines if "eval_loss" in r] == [4, 8, 12, 16]
+    adapter = json.loads((folder / "adapter" / "adapter_config.json").read_text())
+    assert adapter["base_model_name_or_path"] == "tiny-llama" and adapter["r"] == 8
+    assert (folder / "adapter" / "adapter_model.safetensors").is_file()
+    state = json.loads((folder / "run.json").read_text())
+    assert (state["status"], state["step"], state["max_steps"]) == ("finished", 16, 16)
+    assert (folder / "checkpoints").is_dir()
+    assert not [p for p in folder.rglob("*") if ".tmp-" in p.name]
+
+
+def test_a_run_folder_is_never_overwritten(workdir, tiny) -> None:
+    slmnb.finetune(tiny, name="once", max_steps=2).wait()
+    with pytest.raises(RunError, match="exists already: choose another name, or pass resume=True"):
+        slmnb.finetune(tiny, name="once")
+
+
+def test_unnamed_runs_get_a_name_from_data_method_and_time(workdir, tiny) -> None:
+    run = slmnb.finetune(tiny, max_steps=1).wait()
+    assert run.name.startswith("rows-lora-") and run.dir == Path("runs") / run.name
+
+
+def test_stop_leaves_a_checkpoint_and_resume_continues_the_count(workdir, tiny) -> None:
+    def stop_at_5(event: ev.Event) -> None:
+        if isinstance(event, ev.Step) and event.step == 5:
+            run.stop()
+
+    run = slmnb.finetune(tiny, name="resumable", eval_steps=100, save_steps=100, listeners=[stop_at_5])
+    run.wait()
+    assert run.status == "stopped" and isinstance(run.history[-1], ev.Stopped)
+    stopped_at = run.history[-1].step
+    assert stopped_at in (5, 6)
+    assert (run.dir / "checkpoints" / f"checkpoint-{stopped_at}").is_dir()
+    assert (run.dir / "adapter" / "adapter_model.safetensors").is_file()
+
+    again = slmnb.finetune(name="resumable", resume=True)
+    assert again is run  # the same object, so listeners and dashboards carry on
+    again.wait()
+    started = [e for e in run.history if isinstance(e, ev.Started)]
+    assert started[-1].step == stopped_at
+    assert [e.step for e in steps_of(run)] == list(range(1, 17))
+    lines = [json.loads(x) for x in (run.dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in lines if "loss" in r] == list(range(1, 17))
+    assert run.status == "finished" and run.step == 16
+
+
+def test_resume_after_a_crash_drops_the_steps_trained_again(workdir, tiny) -> None:
+    run = slmnb.finetune(tiny, name="crashed", save_steps=4).wait()
+    folder = run.dir
+    # Simulate a crash at step 10 with the last checkpoint at 8: later checkpoints gone, state still running.
+    for ckpt in (folder / "checkpoints").glob("checkpoint-*"):
+        if int(ckpt.name.split("-")[1]) > 8:
+            import shutil
+
+            shutil.rmtree(ckpt)
+    kept = [line for line in (folder / "metrics.jsonl").read_text().splitlines() if json.loads(line)["step"] <= 10]
+    (folder / "metrics.jsonl").write_text("\n".join(kept) + "\n")
+    state = json.loads((folder / "run.json").read_text())
+    (folder / "run.json").write_text(json.dumps({**state, "status": "running", "pid": 999999999}))
+    from slmnb.training import run as run_module
+
+    run_module._runs.clear()
+    loaded = slmnb.load_run("crashed")
+    assert loaded.status == "interrupted" and loaded.step == 10
+    loaded.resume().wait()
+    steps = [json.loads(x)["step"] for x in (folder / "metrics.jsonl").read_text().splitlines()
+             if "loss" in json.loads(x)]
+    assert steps == list(range(1, 17))
+
+
+def test_pause_holds_the_thread_and_resume_continues(workdir, tiny) -> None:
+    paused = threading.Event()
+
+    def pause_at_3(event: ev.Event) -> None:
+        if isinstance(event, ev.Step) and event.step == 3:
+            run.pause()
+        if isinstance(event, ev.Paused):
+            paused.set()
+
+    run = slmnb.finetune(tiny, name="pausing", listeners=[pause_at_3])
+    assert paused.wait(60)
+    held = run.step
+    time.sleep(1.0)
+    assert run.status == "paused" and run.step == held and run.alive
+    run.resume()
+    run.wait()
+    kinds = [type(e) for e in run.history]
+    assert kinds.index(ev.Paused) < kinds.index(ev.Resumed) and run.status == "finished"
+    assert [e.step for e in steps_of(run)] == list(range(1, 17))
+
+
+def test_stop_while_paused(workdir, tiny) -> None:
+    run = slmnb.finetune(tiny, name="paused-stop", listeners=[lambda e: isinstance(e, ev.Step) and run.pause()])
+    while run.status != "paused":
+        time.sleep(0.05)
+    run.stop()
+    run.wait()
+    assert run.status == "stopped" and run.step < 16
+
+
+def test_one_active_run_per_process(workdir, tiny) -> None:
+    first = slmnb.finetune(tiny, name="first", max_steps=200)
+    try:
+        with pytest.raises(RunError, match="Run 'first' is still training"):
+            slmnb.finetune(tiny, name="second")
+        assert slmnb.active_run() is first
+    finally:
+        first.stop()
+        first.wait()
+    assert slmnb.active_run() is None
+
+
+def test_a_failure_becomes_an_event_and_wait_raises_it(workdir, tiny) -> None:
+    run = slmnb.finetune(tiny, name="broken", target_modules=["no_such_layer"])
+    with pytest.raises(ConfigError, match=r"match no layer of this model: use some of .*q_proj"):
+        run.wait()
+    assert run.status == "failed" and isinstance(run.history[-1], ev.Failed)
+    assert "match no layer" in run.history[-1].reason
+    state = json.loads((run.dir / "run.json").read_text())
+    assert state["status"] == "failed" and "match no layer" in state["reason"]
+    assert (run.dir / "error.log").is_file()
+
+
+def test_data_mistakes_raise_before_any_thread(workdir, tiny) -> None:
+    with pytest.raises(ConfigError, match="which is not a column"):
+        slmnb.finetune(tiny, prompt_template="{text}")
+    assert not (workdir / "runs").exists()
+
+
+def test_resume_of_nothing(workdir) -> None:
+    with pytest.raises(RunError, match="There is no run to resume"):
+        slmnb.finetune(name="ghost", resume=True)
+
+
+def test_load_run_and_predict(workdir, tiny) -> None:
+    slmnb.finetune(tiny, name="done", learning_rate=3e-2, max_steps=24).wait()
+    from slmnb.training import run as run_module
+
+    run_module._runs.clear()
+    run = slmnb.load_run("done")
+    assert run.status == "finished" and run.step == 24
+    assert [e.step for e in steps_of(run)] == list(range(1, 25))
+    tuned = run.predict([{"phrase": "sample phrase number 99"}, "another phrase"], max_new_tokens=3)
+    base = run.predict([{"phrase": "sample phrase number 99"}, "another phrase"], max_new_tokens=3, adapter=False)
+    assert len(tuned) == 2 and all(isinstance(a, str) for a in tuned)
+    assert tuned != base
+    with pytest.raises(RunError, match="No run called 'nope'"):
+        slmnb.load_run("nope")
+
+
+def test_predict_before_there_are_weights(workdir, tiny) -> None:
+    run = slmnb.finetune(tiny, name="early", max_steps=200)
+    try:
+        with pytest.raises(RunError, match="has no saved weights yet"):
+            run.predict(["x"])
+    finally:
+        run.stop()
+        run.wait()
+
+
+@pytest.mark.parametrize("method", ["full", "qlora"])
+def test_full_and_qlora_train(workdir, tiny, method: str) -> None:
+    run = slmnb.finetune(tiny, name=method, method=method, learning_rate=1e-2).wait()
+    losses = [e.loss for e in steps_of(run)]
+    assert losses[-1] < losses[0]
+    assert (run.output_path / ("config.json" if method == "full" else "adapter_config.json")).is_file()
+    assert run.output_path.name == ("model" if method == "full" else "adapter")
