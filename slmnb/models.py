@@ -48,12 +48,14 @@ def load_tokenizer(name_or_path: str) -> Any:
     return tokenizer
 
 
-def load_model(name_or_path: str, *, four_bit: bool = False) -> Any:
+def load_model(name_or_path: str, *, four_bit: bool = False, attention: str | None = None) -> Any:
     """The causal LM in fp32 (mixed precision comes from autocast), or 4-bit NF4 for QLoRA."""
     import torch
     from transformers import AutoModelForCausalLM
 
     kwargs: dict[str, Any] = {"dtype": torch.float32}
+    if attention:
+        kwargs["attn_implementation"] = attention
     if four_bit:
         from transformers import BitsAndBytesConfig
 

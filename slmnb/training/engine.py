@@ -59,14 +59,26 @@ def default_target_modules(model: Any) -> list[str] | str:
     return list(DEFAULTS.get(model.config.model_type, [])) or "all-linear"
 
 
-def build_model(config: FinetuneConfig) -> tuple[Any, FinetuneConfig]:
+def build_model(config: FinetuneConfig, precision: str) -> tuple[Any, FinetuneConfig]:
     """The model to train, and the config with target_modules resolved for the architecture."""
+    import torch
     from transformers import set_seed
 
     set_seed(config.seed)
-    model = load_model(config.model_name_or_path, four_bit=config.method == "qlora")
+    on_cpu = not torch.cuda.is_available()
+    # Measured on the embedded model, batch 8 x 48 tokens: eager attention is 12-15% faster than SDPA's CPU kernel
+    # at these lengths; its memory grows with the square of the length, so long sequences keep SDPA.
+    attention = "eager" if on_cpu and config.max_seq_len <= 128 else None
+    model = load_model(config.model_name_or_path, four_bit=config.method == "qlora", attention=attention)
     if config.method == "full":
         return model, config
+    if config.method == "lora" and precision == "bf16":
+        # Autocast would cast the frozen weights to bf16 again at every step; keep them in bf16 once. The LoRA
+        # weights (peft keeps adapters in fp32), embeddings, norms and the residual stream stay fp32.
+        head = model.get_output_embeddings()  # tied to the input embeddings here: keep fp32
+        for module in model.modules():
+            if isinstance(module, torch.nn.Linear) and module is not head:
+                module.to(torch.bfloat16)
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 
     config = config.replace(target_modules=config.target_modules or default_target_modules(model))
@@ -86,7 +98,11 @@ def build_model(config: FinetuneConfig) -> tuple[Any, FinetuneConfig]:
 
 
 class Collator:
-    """Pads a batch to its longest row, labels with -100 so padding takes no loss."""
+    """Pads a batch on the left to its longest row; padding takes no loss (label -100) and no attention.
+
+    Left padding puts every response at the end of its row, as at generation time, so the loss only needs the
+    last few positions' logits (see trim_to_labelled_tail). Position ids count from each row's first real token.
+    """
 
     def __init__(self, pad_id: int) -> None:
         self.pad_id = pad_id
@@ -100,10 +116,38 @@ class Collator:
         mask = torch.zeros((len(rows), width), dtype=torch.long)
         for i, row in enumerate(rows):
             n = len(row["input_ids"])
-            ids[i, :n] = torch.tensor(row["input_ids"])
-            labels[i, :n] = torch.tensor(row["labels"])
-            mask[i, :n] = 1
-        return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+            ids[i, width - n:] = torch.tensor(row["input_ids"])
+            labels[i, width - n:] = torch.tensor(row["labels"])
+            mask[i, width - n:] = 1
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        return {"input_ids": ids, "attention_mask": mask, "position_ids": positions, "labels": labels}
+
+
+def trim_to_labelled_tail(inputs: dict[str, Any]) -> dict[str, Any]:
+    """Ask the model for logits only over the tail of the batch that has labels.
+
+    The 49k-way output layer and its softmax are a third of a step when taken over every position; with
+    response-only loss the labels sit in the last few positions, so this halves the step on a CPU. The loss is the
+    same: the logit at position t predicts token t + 1, so K trailing labels need K + 1 trailing logits.
+    """
+    labels = inputs["labels"]
+    labelled = (labels != -100).any(dim=0).nonzero()
+    if len(labelled) == 0:
+        return inputs
+    keep = labels.shape[1] - int(labelled[0]) + 1
+    if keep >= labels.shape[1]:
+        return inputs
+    return {**inputs, "labels": labels[:, -keep:], "logits_to_keep": keep}
+
+
+def _trainer_class() -> Any:
+    from transformers import Trainer
+
+    class TailLossTrainer(Trainer):  # type: ignore[misc]
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):  # type: ignore[no-untyped-def]
+            return super().compute_loss(model, trim_to_labelled_tail(inputs), return_outputs, num_items_in_batch)
+
+    return TailLossTrainer
 
 
 def _callback(sink: EventSink, config: FinetuneConfig, folder: Any, dropped: int) -> Any:
@@ -159,11 +203,11 @@ def train(config: FinetuneConfig, rows: data_mod.Data, folder: Any, sink: EventS
           resume_from: Path | None) -> tuple[str, Path, int]:
     """Train and save; returns the outcome (completed | early stopping | stopped), the output path and the step."""
     quiet_libraries()
-    from transformers import EarlyStoppingCallback, PrinterCallback, Trainer, TrainingArguments
+    from transformers import EarlyStoppingCallback, PrinterCallback, TrainingArguments
 
     precision = effective_precision(config.precision)
     tokenizer = load_tokenizer(config.model_name_or_path)
-    model, config = build_model(config)
+    model, config = build_model(config, precision)
     sink.set_config(config)
 
     train_set, dropped = data_mod.encode_rows(config, tokenizer, rows.train)
@@ -211,13 +255,14 @@ def train(config: FinetuneConfig, rows: data_mod.Data, folder: Any, sink: EventS
         disable_tqdm=True,
         remove_unused_columns=False,
         include_num_input_tokens_seen="non_padding",
+        prediction_loss_only=True,  # evaluation needs the loss, not every position's logits
         dataloader_num_workers=0,
     )
     callbacks = [_callback(sink, config, folder, dropped)]
     if early:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=config.early_stopping_patience))
-    trainer = Trainer(model=model, args=args, train_dataset=train_set, eval_dataset=eval_set or None,
-                      data_collator=Collator(tokenizer.pad_token_id), callbacks=callbacks)
+    trainer = _trainer_class()(model=model, args=args, train_dataset=train_set, eval_dataset=eval_set or None,
+                               data_collator=Collator(tokenizer.pad_token_id), callbacks=callbacks)
     trainer.remove_callback(PrinterCallback)
     trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
 
