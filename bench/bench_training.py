@@ -2,7 +2,9 @@
 
 1. s/step of LoRA q/v r=8, batch 8, sequences <= 64 tokens: bf16 vs fp32, and achieved FLOP/s as a share of a bf16
    matmul peak measured in the same process.
-2. TrainingRun's overhead per step against a bare Trainer script on the same model, data and arguments.
+2. TrainingRun's overhead per step: the same model, data, arguments and Trainer driven directly, without the run's
+   thread, events and files ("bare_same"). Also a plain Trainer script as a user would write it ("bare_plain":
+   default attention, fp32 frozen weights, logits at every position), to show what the engine's CPU work buys.
 3. From finetune() to the first step event, and the peak RSS of that process (a fresh process, model cached).
 
 Runs alternate (A B A B ...) so that the machine's drift hits both sides alike; medians are reported.
@@ -57,7 +59,7 @@ def _timed(fn) -> float:  # type: ignore[no-untyped-def]
     return time.perf_counter() - start
 
 
-def step_times_with_run(precision: str, steps: int, runs_dir: Path) -> tuple[list[float], int]:
+def step_times_with_run(precision: str, steps: int, runs_dir: Path) -> list[float]:
     """Seconds between consecutive Step events of a TrainingRun."""
     from slmnb.training import events as ev
     from slmnb.training import run as run_module
@@ -67,26 +69,31 @@ def step_times_with_run(precision: str, steps: int, runs_dir: Path) -> tuple[lis
     run = run_module.finetune(BENCH_CONFIG, max_steps=steps, precision=precision,
                               listeners=[lambda e: isinstance(e, ev.Step) and stamps.append(time.perf_counter())])
     run.wait()
-    return [b - a for a, b in pairwise(stamps)], run.config.max_seq_len
+    return [b - a for a, b in pairwise(stamps)]
 
 
-def step_times_bare(precision: str, steps: int, out: Path) -> list[float]:
-    """The same job as a user would write it with the Trainer directly: same model, data, arguments."""
+def step_times_bare(precision: str, steps: int, out: Path, same: bool) -> list[float]:
+    """The Trainer driven directly on the same data: with the engine's model set-up (same) or a plain one."""
     from peft import LoraConfig, get_peft_model
-    from transformers import Trainer, TrainerCallback, TrainingArguments, set_seed
+    from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArguments, set_seed
 
     from slmnb.config import load_config
     from slmnb.data import encode_rows, load_data, with_default_templates
     from slmnb.models import load_model, load_tokenizer
-    from slmnb.training.engine import Collator
+    from slmnb.training.engine import Collator, _trainer_class, build_model
 
     config = with_default_templates(load_config(BENCH_CONFIG))
     tokenizer = load_tokenizer(config.model_name_or_path)
     rows, _ = encode_rows(config, tokenizer, load_data(config).train)
     set_seed(config.seed)
-    model = get_peft_model(load_model(config.model_name_or_path),
-                           LoraConfig(r=8, lora_alpha=16, lora_dropout=0.05, target_modules=["q_proj", "v_proj"],
-                                      task_type="CAUSAL_LM"))
+    if same:
+        model, _ = build_model(config, precision)
+        trainer_class = _trainer_class()
+    else:
+        model = get_peft_model(load_model(config.model_name_or_path),
+                               LoraConfig(r=8, lora_alpha=16, lora_dropout=0.05, target_modules=["q_proj", "v_proj"],
+                                          task_type="CAUSAL_LM"))
+        trainer_class = Trainer
     stamps: list[float] = []
 
     class Stamp(TrainerCallback):
@@ -97,8 +104,10 @@ def step_times_bare(precision: str, steps: int, out: Path) -> list[float]:
                              per_device_train_batch_size=8, learning_rate=1e-3, logging_steps=1, save_strategy="no",
                              report_to="none", disable_tqdm=True, remove_unused_columns=False, seed=config.seed,
                              data_seed=config.seed, include_num_input_tokens_seen="non_padding")
-    Trainer(model=model, args=args, train_dataset=rows, data_collator=Collator(tokenizer.pad_token_id),
-            callbacks=[Stamp()]).train()
+    trainer = trainer_class(model=model, args=args, train_dataset=rows,
+                            data_collator=Collator(tokenizer.pad_token_id), callbacks=[Stamp()])
+    trainer.remove_callback(PrinterCallback)
+    trainer.train()
     return [b - a for a, b in pairwise(stamps)]
 
 
@@ -154,30 +163,36 @@ def main() -> None:
     from slmnb.training.engine import quiet_libraries
 
     quiet_libraries()
-    samples: dict[str, list[float]] = {"run_bf16": [], "bare_bf16": [], "run_fp32": []}
+    samples: dict[str, list[float]] = {"run_bf16": [], "bare_same_bf16": [], "run_fp32": [], "bare_plain_bf16": []}
     for i in range(args.rounds):
         # Alternate the contenders; the first step of each is dropped (it includes warm-up).
-        samples["run_bf16"] += step_times_with_run("bf16", args.steps, work / f"runs{i}")[0][1:]
-        samples["bare_bf16"] += step_times_bare("bf16", args.steps, work / f"bare{i}")[1:]
-        samples["run_fp32"] += step_times_with_run("fp32", args.steps, work / f"runs-fp32-{i}")[0][1:]
+        samples["run_bf16"] += step_times_with_run("bf16", args.steps, work / f"runs{i}")[1:]
+        samples["bare_same_bf16"] += step_times_bare("bf16", args.steps, work / f"same{i}", same=True)[1:]
+        samples["run_fp32"] += step_times_with_run("fp32", args.steps, work / f"runs-fp32-{i}")[1:]
+        samples["bare_plain_bf16"] += step_times_bare("bf16", args.steps, work / f"plain{i}", same=False)[1:]
     peak_bf16, peak_fp32 = matmul_peak("bfloat16"), matmul_peak("float32")
     tokens, longest = padded_tokens_per_step()
 
     from slmnb.models import load_model
 
-    trainable_params = sum(p.numel() for p in load_model("smollm2-135m-instruct").parameters())
+    model = load_model("smollm2-135m-instruct")
+    # The embedding is a lookup, and with tail-only logits the tied output layer runs on a few positions only:
+    # count the decoder's matmul weights. A LoRA step is forward 2*P*T plus backward through the activations
+    # 2*P*T (frozen weights take no weight gradient).
+    decoder_params = sum(p.numel() for p in model.parameters()) - model.get_input_embeddings().weight.numel()
     med = {k: statistics.median(v) for k, v in samples.items()}
-    # A LoRA step: forward 2*P*T, backward through activations 2*P*T (frozen weights take no weight gradient).
-    flops = 4 * trainable_params * tokens
+    flops = 4 * decoder_params * tokens
     result = {
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
                    f"cpu capability {torch.backends.cpu.get_cpu_capability()}",
         "steps_per_sample": len(samples["run_bf16"]),
         "median_s_per_step": med,
         "bf16_speedup_vs_fp32": med["run_fp32"] / med["run_bf16"],
-        "run_overhead_vs_bare_trainer": med["run_bf16"] / med["bare_bf16"] - 1,
+        "run_overhead_vs_same_trainer": med["run_bf16"] / med["bare_same_bf16"] - 1,
+        "plain_trainer_vs_run": med["bare_plain_bf16"] / med["run_bf16"],
         "matmul_peak_gflops": {"bf16": peak_bf16 / 1e9, "fp32": peak_fp32 / 1e9},
         "padded_tokens_per_step": tokens,
+        "decoder_params": decoder_params,
         "longest_example_tokens": longest,
         "achieved_gflops_bf16": flops / med["run_bf16"] / 1e9,
         "share_of_bf16_peak": flops / med["run_bf16"] / peak_bf16,

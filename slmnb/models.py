@@ -7,9 +7,12 @@
 
 from __future__ import annotations
 
+import functools
 import importlib.util
+import logging
 import os
 import socket
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +21,6 @@ from slmnb.paths import build_folder_once, slmnb_home
 
 EMBEDDED_MODEL = "smollm2-135m-instruct"
 TINY_MODEL = "tiny-llama"
-KNOWN_MODELS = (EMBEDDED_MODEL, TINY_MODEL)
 _GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 # Bumped whenever the conversion changes, so an old cached folder is not reused.
 _FORMAT = "v1"
@@ -40,6 +42,7 @@ def model_folder(name_or_path: str) -> str:
 
 
 def load_tokenizer(name_or_path: str) -> Any:
+    quiet_libraries()
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(model_folder(name_or_path))
@@ -50,6 +53,7 @@ def load_tokenizer(name_or_path: str) -> Any:
 
 def load_model(name_or_path: str, *, four_bit: bool = False, attention: str | None = None) -> Any:
     """The causal LM in fp32 (mixed precision comes from autocast), or 4-bit NF4 for QLoRA."""
+    quiet_libraries()
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -62,6 +66,19 @@ def load_model(name_or_path: str, *, four_bit: bool = False, attention: str | No
         kwargs["quantization_config"] = BitsAndBytesConfig(
             load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.bfloat16)
     return AutoModelForCausalLM.from_pretrained(model_folder(name_or_path), **kwargs)
+
+
+@functools.cache
+def quiet_libraries() -> None:
+    """Keep library chatter out of notebooks and logs: runs report through events, errors as one sentence."""
+    # bitsandbytes looks for an optional kernel on the hub at import time and warns when it cannot fetch it.
+    logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    transformers.logging.disable_progress_bar()
+    # peft still reads the pre-5.x name of this property; the warning is theirs to fix, not the user's.
+    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.* is deprecated", category=FutureWarning)
 
 
 def embedded_gguf() -> Path:

@@ -140,10 +140,11 @@ def test_text_template_takes_loss_on_all_text_and_truncates(tokenizer) -> None:
 
 def test_preview_renders_rows_and_counts_tokens() -> None:
     shown = preview({"model_name_or_path": "tiny-llama", "data_name": "tones", "use_chat_template": True,
-                     "max_seq_len": 60}, n=3)
+                     "max_seq_len": 128}, n=3)
     assert len(shown.rows) == 3 and shown.train_rows + shown.eval_rows == 320
     first = shown.rows[0]
     assert first["phrase"] in first["prompt"] and first["response"].startswith(first["tone"])
     stats = shown.token_stats
-    assert 0 < stats["min"] <= stats["median"] <= stats["max"] <= 60
+    assert 0 < stats["min"] <= stats["median"] <= stats["max"] <= 128
+    assert shown.truncated == 0 and shown.dropped == 0
     assert "tokens per example" in str(shown)

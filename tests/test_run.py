@@ -219,3 +219,24 @@ def test_full_and_qlora_train(workdir, tiny, method: str) -> None:
     assert losses[-1] < losses[0]
     assert (run.output_path / ("config.json" if method == "full" else "adapter_config.json")).is_file()
     assert run.output_path.name == ("model" if method == "full" else "adapter")
+
+
+def test_early_stopping_ends_the_run_when_eval_loss_stops_improving(workdir, tiny) -> None:
+    # A learning rate this large makes the eval loss climb after the first evaluation.
+    run = slmnb.finetune(tiny, name="early-stop", learning_rate=5.0, max_steps=40, eval_steps=2,
+                         early_stopping_patience=2).wait()
+    finished = run.history[-1]
+    assert isinstance(finished, ev.Finished) and finished.reason == "early stopping"
+    assert run.step < 40
+    evals = [e.eval_loss for e in run.history if isinstance(e, ev.Eval)]
+    assert min(evals[-2:]) >= min(evals)
+
+
+def test_resuming_a_run_that_still_trains_is_refused(workdir, tiny) -> None:
+    run = slmnb.finetune(tiny, name="busy", max_steps=200)
+    try:
+        with pytest.raises(RunError, match="'busy' is training already"):
+            slmnb.finetune(name="busy", resume=True)
+    finally:
+        run.stop()
+        run.wait()

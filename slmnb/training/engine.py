@@ -5,18 +5,16 @@ It reports through `EventSink` (implemented by TrainingRun) and never prints: th
 
 from __future__ import annotations
 
-import logging
 import math
 import os
 import time
-import warnings
 from pathlib import Path
 from typing import Any, Protocol
 
 from slmnb import data as data_mod
 from slmnb.config import FinetuneConfig
 from slmnb.errors import ConfigError
-from slmnb.models import load_model, load_tokenizer
+from slmnb.models import load_model, load_tokenizer, quiet_libraries
 from slmnb.training import events as ev
 
 
@@ -28,18 +26,6 @@ class EventSink(Protocol):
     def stop_requested(self) -> bool: ...
     def hold_if_paused(self, step: int) -> None: ...
     def set_config(self, config: FinetuneConfig) -> None: ...
-
-
-def quiet_libraries() -> None:
-    """Keep library chatter out of the notebook: the run reports through events."""
-    # bitsandbytes looks for an optional kernel on the hub at import time and warns when it cannot fetch it.
-    logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
-    import transformers
-
-    transformers.logging.set_verbosity_error()
-    transformers.logging.disable_progress_bar()
-    # peft still reads the pre-5.x name of this property; the warning is theirs to fix, not the user's.
-    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.* is deprecated", category=FutureWarning)
 
 
 def effective_precision(requested: str) -> str:

@@ -11,7 +11,7 @@ from typing import Any
 from slmnb.config import FinetuneConfig
 from slmnb.data import prompt_ids, render
 from slmnb.errors import RunError
-from slmnb.models import load_model, load_tokenizer
+from slmnb.models import load_model, load_tokenizer, quiet_libraries
 
 
 class Predictor:
@@ -25,6 +25,7 @@ class Predictor:
 
     def predict(self, rows: Sequence[dict[str, Any] | str], max_new_tokens: int = 32, adapter: bool = True,
                 batch_size: int = 8) -> list[str]:
+        quiet_libraries()  # before peft's import pulls in bitsandbytes
         import torch
 
         model, tokenizer = self._model(adapter), self._tok()

@@ -244,6 +244,8 @@ class TrainingRun:
 
     def _start(self, resume: bool, data: Data | None = None) -> None:
         global _active
+        if self.alive:
+            raise RunError(f"Run {self.name!r} is training already: pause or stop it with its buttons or methods.")
         with _active_lock:
             if _active is not None and _active is not self and _active.status in LIVE_STATUSES:
                 raise RunError(f"Run {_active.name!r} is still training: stop it (slmnb.active_run().stop()) or "
@@ -334,7 +336,8 @@ def finetune(config: FinetuneConfig | dict[str, Any] | str | Path | None = None,
                            "start a new one without resume=True.")
         config = folder.read_config().replace(**overrides)
         run = existing_run(folder.path) or TrainingRun(config, folder)
-        run.config = config
+        if not run.alive:  # a live run keeps its config; _start refuses it below
+            run.config = config
     else:
         config = with_default_templates(named(load_config(config, **overrides)))
         folder = RunFolder(config.output_dir or Path(RUNS_DIR) / (config.name or ""))
