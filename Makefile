@@ -10,7 +10,7 @@ export HF_HOME ?= $(CURDIR)/.cache/huggingface
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: setup demo test test-fast bench clean
+.PHONY: setup demo test test-slow bench clean
 
 setup: $(STAMP)
 
@@ -26,10 +26,11 @@ demo: setup
 	$(BIN)/python -m slmnb.demo
 
 test: setup
-	$(BIN)/python -m pytest -m "slow or not slow"
-
-test-fast: setup
 	$(BIN)/python -m pytest
+
+# The embedded-model quality test (a few minutes): fine-tunes SmolLM2 on tones and checks test accuracy.
+test-slow: setup
+	$(BIN)/python -m pytest -m slow -s
 
 bench: setup
 	$(BIN)/python bench/bench_training.py
