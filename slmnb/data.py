@@ -11,7 +11,7 @@ import json
 import random
 import statistics
 import string
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -122,7 +122,6 @@ class Data:
     train: Rows
     eval: Rows
     columns: list[str]
-    splits: dict[str, Rows] = field(repr=False)
 
 
 def load_data(config: FinetuneConfig) -> Data:
@@ -148,7 +147,7 @@ def load_data(config: FinetuneConfig) -> Data:
                           "source and the split.")
     columns = list(dict.fromkeys(key for row in train for key in row))
     check_templates(with_default_templates(config), columns)
-    return Data(train=train, eval=eval_rows, columns=columns, splits=splits)
+    return Data(train=train, eval=eval_rows, columns=columns)
 
 
 def select_split(splits: dict[str, Rows], spec: str, option: str) -> Rows:
