@@ -34,6 +34,7 @@ test-slow: setup
 
 bench: setup
 	$(BIN)/python bench/bench_training.py
+	$(BIN)/python bench/bench_kernel.py
 
 clean:
 	rm -rf $(VENV) .cache runs .pytest_cache

@@ -23,6 +23,9 @@ _EXPORTS = {
     "active_run": "slmnb.training.run",
     "TrainingRun": "slmnb.training.run",
     "events": "slmnb.training.events",
+    "list_runs": "slmnb.training.run",
+    "form": "slmnb.notebook.form",
+    "compare_runs": "slmnb.notebook.compare",
 }
 
 __all__ = sorted(_EXPORTS)
@@ -35,6 +38,13 @@ def __getattr__(name: str) -> Any:
     value = module if name == "events" else getattr(module, name)
     globals()[name] = value
     return value
+
+
+def load_ipython_extension(ipython: Any) -> None:
+    """`%load_ext slmnb`: registers %%finetune without importing torch or transformers."""
+    from slmnb.notebook import load_ipython_extension as load
+
+    load(ipython)
 
 
 def __dir__() -> list[str]:

@@ -9,11 +9,10 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from dataclasses import fields
 from typing import Any, TextIO
 
-from slmnb.config import FinetuneConfig, unknown_key_message
-from slmnb.errors import ConfigError, SlmnbError
+from slmnb.errors import SlmnbError
+from slmnb.options import add_config_options, refuse_unknown
 from slmnb.training import events as ev
 
 SHORT_OPTIONS = {"model_name_or_path": "-m", "output_dir": "-o"}
@@ -26,14 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    argument_default=argparse.SUPPRESS)
     finetune.add_argument("config", nargs="?", help="A YAML or JSON FinetuneConfig; options override it.")
     finetune.add_argument("--resume", action="store_true", help="Continue the named run from its last checkpoint.")
-    for f in fields(FinetuneConfig):
-        if f.metadata["kind"] == "rows":
-            continue  # inline rows belong in a config file
-        flags = [f"--{f.name}"] + ([SHORT_OPTIONS[f.name]] if f.name in SHORT_OPTIONS else [])
-        if f.metadata["kind"] == "bool":
-            finetune.add_argument(*flags, nargs="?", const="true", metavar="true|false", help=f.metadata["help"])
-        else:
-            finetune.add_argument(*flags, metavar=f.metadata["kind"].upper(), help=f.metadata["help"])
+    add_config_options(finetune, SHORT_OPTIONS)
     return parser
 
 
@@ -63,7 +55,7 @@ class ProgressBar:
                        f"{event.perplexity:.2f}", final=True)
         elif isinstance(event, ev.Finished | ev.Stopped):
             what = "stopped" if isinstance(event, ev.Stopped) else f"finished ({event.reason})"
-            self._line(f"{what} at step {event.step} in {_clock(event.elapsed)}; saved to {event.output_path}",
+            self._line(f"{what} at step {event.step} in {clock(event.elapsed)}; saved to {event.output_path}",
                        final=True)
 
     def _bar(self) -> str:
@@ -72,7 +64,7 @@ class ProgressBar:
         elapsed = self.last.get("elapsed", 0.0)
         eta = ""
         if step:
-            eta = f" ETA {_clock(elapsed / step * (total - step))}"
+            eta = f" ETA {clock(elapsed / step * (total - step))}"
         return (f"[{'#' * filled}{'.' * (self.width - filled)}] {step}/{total} loss {self.last.get('loss', 0):.4f} "
                 f"{self.last.get('tokens_per_second', 0):.0f} tok/s{eta}")
 
@@ -84,7 +76,7 @@ class ProgressBar:
         self.stream.flush()
 
 
-def _clock(seconds: float) -> str:
+def clock(seconds: float) -> str:
     seconds = int(seconds)
     return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
 
@@ -122,9 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     args = vars(parsed)
     command = args.pop("command")
     try:
-        if unknown:
-            option = unknown[0].lstrip("-").split("=")[0]
-            raise ConfigError(unknown_key_message(option, [f.name for f in fields(FinetuneConfig)]))
+        refuse_unknown(unknown)
         if command == "finetune":
             return run_finetune(args)
     except SlmnbError as exc:

@@ -141,18 +141,29 @@ class FinetuneConfig:
 
     # --- writing ---------------------------------------------------------------------------------------
 
-    def to_dict(self, include_defaults: bool = True) -> dict[str, Any]:
+    def to_dict(self, include_defaults: bool = True, always: tuple[str, ...] = ()) -> dict[str, Any]:
+        """The fields as a mapping; without defaults, only what differs from them (and the `always` fields)."""
         out = {}
         for f in fields(self):
             value = getattr(self, f.name)
-            if include_defaults or value != _default(f):
+            if include_defaults or value != _default(f) or f.name in always:
                 out[f.name] = value
         return out
 
-    def to_yaml(self, include_defaults: bool = True) -> str:
+    def to_yaml(self, include_defaults: bool = True, always: tuple[str, ...] = ()) -> str:
         import yaml
 
-        return yaml.safe_dump(self.to_dict(include_defaults), sort_keys=False, allow_unicode=True, width=120)
+        class Dumper(yaml.SafeDumper):
+            pass
+
+        def text(dumper: yaml.SafeDumper, value: str) -> yaml.Node:
+            # Templates span lines: a block scalar reads like the prompt itself, not like an escaped string.
+            style = "|" if "\n" in value else None
+            return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
+
+        Dumper.add_representer(str, text)
+        return yaml.dump(self.to_dict(include_defaults, always), Dumper=Dumper, sort_keys=False, allow_unicode=True,
+                         width=120)
 
 
 def load_config(source: FinetuneConfig | dict[str, Any] | str | Path | None = None,
@@ -187,6 +198,14 @@ def parse_yaml(text: str) -> Any:
         problem = getattr(exc, "problem", None) or "syntax error"
         raise ConfigError(f"The config is not valid YAML ({problem}{where}): check the indentation and quote "
                           "values that contain ':' or '#'.") from None
+
+
+def check_field(name: str, value: Any) -> Any:
+    """One field's value checked on its own (the form flags each field beside it); returns the typed value."""
+    by_name = {f.name: f for f in fields(FinetuneConfig)}
+    if name not in by_name:
+        raise ConfigError(unknown_key_message(name, list(by_name)))
+    return _coerce(by_name[name], value)
 
 
 def _default(f: dataclasses.Field[Any]) -> Any:

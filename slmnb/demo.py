@@ -8,8 +8,8 @@ import time
 from typing import Any
 
 # The reference job: LoRA on SmolLM2-135M-Instruct, answer-only loss through the chat template. Tones test split
-# accuracy at 60 steps with nothing truncated (max_seq_len 96): all-linear r=16 lr 3e-3 87.5%, lr 2e-3 cosine with
-# warmup 85.4% (base model: 0%). With max_seq_len 64, which cut 83 of 288 rows, q/v r=8 lr 1e-3 gave 69%.
+# accuracy at 60 steps, nothing truncated (the longest row is 72 tokens): seed 42 (the default) 93.8%, seeds 1 and 3
+# 93.8%, seed 2 83.3% (base model: 0%). On seed 2, lr 2e-3 gave 85.4%, cosine with 10% warmup and batch 12 89.6%.
 DEMO_CONFIG: dict[str, Any] = {
     "model_name_or_path": "smollm2-135m-instruct",
     "data_name": "tones",
@@ -21,7 +21,7 @@ DEMO_CONFIG: dict[str, Any] = {
     "learning_rate": 3e-3,
     "max_steps": 60,
     "per_device_train_batch_size": 8,
-    "max_seq_len": 96,  # the longest row is 70 tokens with the chat template: nothing is cut
+    "max_seq_len": 96,  # the longest row is 72 tokens with the chat template: nothing is cut
     "eval_steps": 10,
 }
 

@@ -37,3 +37,50 @@ def tiny() -> dict:
         "eval_steps": 4,
         "precision": "fp32",
     }
+
+
+@pytest.fixture(scope="session")
+def ip():
+    """An IPython test shell with slmnb loaded, as a notebook user has it after `%load_ext slmnb`."""
+    from IPython.testing.globalipapp import start_ipython
+
+    shell = start_ipython()
+    shell.run_line_magic("load_ext", "slmnb")
+    return shell
+
+
+class RecordingComm:
+    """Stands in for a kernel comm: widgets send their state here, and tests count the messages."""
+
+    comm_id = "recording"
+    kernel = "a kernel"
+
+    def __init__(self, **kwargs) -> None:
+        self.messages: list = []
+
+    def open(self, *args, **kwargs) -> None:
+        pass
+
+    def on_msg(self, *args, **kwargs) -> None:
+        pass
+
+    def send(self, data=None, metadata=None, buffers=None) -> None:
+        self.messages.append(data)
+
+    def close(self, *args, **kwargs) -> None:
+        pass
+
+
+@pytest.fixture
+def comms(monkeypatch: pytest.MonkeyPatch) -> list:
+    """Every widget made in the test gets a RecordingComm; the list holds them in creation order."""
+    import comm
+
+    made: list = []
+
+    def create_comm(**kwargs):
+        made.append(RecordingComm(**kwargs))
+        return made[-1]
+
+    monkeypatch.setattr(comm, "create_comm", create_comm)
+    return made

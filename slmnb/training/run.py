@@ -380,6 +380,16 @@ def existing_run(path: Path) -> TrainingRun | None:
     return _runs.get(path.resolve())
 
 
+def list_runs(runs_dir: str | Path | None = None) -> list[TrainingRun]:
+    """The runs in a runs folder (default: the current one), oldest first."""
+    root = Path(runs_dir or RUNS_DIR)
+    if not root.is_dir():
+        return []
+    folders = [p for p in root.iterdir() if (p / "config.yaml").is_file()]
+    runs = [load_run(p) for p in folders]
+    return sorted(runs, key=lambda r: (r.folder.read_state().get("started_at") or 0.0, r.name))
+
+
 def load_run(name_or_dir: str | Path) -> TrainingRun:
     """Open a run from its folder (or its name under the runs folder), with its history replayed from disk."""
     path = Path(name_or_dir)

@@ -1,0 +1,16 @@
+"""The notebook front end: the %%finetune magic, the live dashboard, the config form and run comparison.
+
+This layer only displays and controls runs; training lives in slmnb.training and never imports widgets.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def load_ipython_extension(ipython: Any) -> None:
+    from slmnb.notebook.magics import FinetuneMagics, allow_options_only
+
+    ipython.register_magics(FinetuneMagics(ipython))
+    if allow_options_only not in ipython.input_transformers_cleanup:
+        ipython.input_transformers_cleanup.append(allow_options_only)

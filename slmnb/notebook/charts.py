@@ -1,0 +1,149 @@
+"""The numbers behind a run's charts, and the static SVG copy of them that a saved notebook keeps.
+
+Pure Python, no widgets: the dashboard and compare_runs draw these curves with Plotly, and the SVG is what GitHub
+or nbviewer show when the notebook is opened without a kernel or widget state.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from html import escape
+from itertools import pairwise
+
+from slmnb.training import events as ev
+
+SMOOTHING = 0.9  # exponential moving average of the train loss: the raw per-step loss is too noisy to read
+OVERFIT_EVALS = 3  # eval loss rising this many evaluations in a row while train loss falls -> a hint
+
+
+@dataclass
+class Curves:
+    steps: list[int] = field(default_factory=list)
+    loss: list[float] = field(default_factory=list)
+    smoothed: list[float] = field(default_factory=list)
+    eval_steps: list[int] = field(default_factory=list)
+    eval_loss: list[float] = field(default_factory=list)
+
+    def add(self, event: ev.Event) -> None:
+        if isinstance(event, ev.Started):
+            self.truncate(event.step)  # a resumed run re-trains from its checkpoint: drop what it will redo
+        elif isinstance(event, ev.Step) and math.isfinite(event.loss):
+            self.steps.append(event.step)
+            self.loss.append(event.loss)
+            self.smoothed.append(self._smooth(event.loss))
+        elif isinstance(event, ev.Eval) and math.isfinite(event.eval_loss):
+            self.eval_steps.append(event.step)
+            self.eval_loss.append(event.eval_loss)
+
+    def _smooth(self, loss: float) -> float:
+        # Debiased EMA (as in Adam), so the first points are not pulled towards zero.
+        n = len(self.loss)
+        previous = self.smoothed[-1] * (1 - SMOOTHING ** (n - 1)) if n > 1 else 0.0
+        raw = SMOOTHING * previous + (1 - SMOOTHING) * loss
+        return raw / (1 - SMOOTHING**n)
+
+    def truncate(self, step: int) -> None:
+        keep = sum(1 for s in self.steps if s <= step)
+        del self.steps[keep:], self.loss[keep:], self.smoothed[keep:]
+        keep = sum(1 for s in self.eval_steps if s <= step)
+        del self.eval_steps[keep:], self.eval_loss[keep:]
+
+    @property
+    def train_perplexity(self) -> list[float]:
+        return [ev.perplexity(x) for x in self.smoothed]
+
+    @property
+    def eval_perplexity(self) -> list[float]:
+        return [ev.perplexity(x) for x in self.eval_loss]
+
+    def overfitting(self) -> bool:
+        """Eval loss rose for the last few evaluations while the smoothed train loss kept falling."""
+        if len(self.eval_loss) <= OVERFIT_EVALS:
+            return False
+        recent = self.eval_loss[-OVERFIT_EVALS - 1:]
+        rising = all(a < b for a, b in pairwise(recent))
+        first = self._smoothed_at(self.eval_steps[-OVERFIT_EVALS - 1])
+        last = self._smoothed_at(self.eval_steps[-1])
+        return rising and first is not None and last is not None and last < first
+
+    def _smoothed_at(self, step: int) -> float | None:
+        before = [v for s, v in zip(self.steps, self.smoothed, strict=True) if s <= step]
+        return before[-1] if before else None
+
+
+def decimate(xs: list[int], ys: list[float], max_points: int) -> tuple[list[int], list[float]]:
+    """At most max_points points, evenly strided, always keeping the last one (the value people look at)."""
+    if len(xs) <= max_points:
+        return list(xs), list(ys)
+    stride = math.ceil((len(xs) - 1) / (max_points - 1))
+    keep = [*range(0, len(xs) - 1, stride), len(xs) - 1]
+    return [xs[i] for i in keep], [ys[i] for i in keep]
+
+
+def rounded(values: list[float], digits: int = 5) -> list[float]:
+    """Fewer digits for the widget: a loss shown to 5 significant digits keeps the messages small."""
+    return [float(f"{v:.{digits}g}") if math.isfinite(v) else v for v in values]
+
+
+# --- the static record -------------------------------------------------------------------------------
+
+WIDTH, PANEL_H, TOP, PAD = 760, 220, 30, 44
+TRAIN_COLOUR, SMOOTH_COLOUR, EVAL_COLOUR = "#9ecae1", "#1f77b4", "#ff7f0e"
+
+
+def render_svg(curves: Curves, title: str, lines: list[str], max_points: int = 400) -> str:
+    """Loss and perplexity panels with the run's summary lines above them, as one self-contained SVG."""
+    text_h = 18 * (len(lines) + 1)
+    height = TOP + text_h + PANEL_H + PAD
+    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{height}" '
+           f'font-family="sans-serif" font-size="12">',
+           f'<rect width="{WIDTH}" height="{height}" fill="white"/>',
+           f'<text x="10" y="20" font-size="14" font-weight="bold">{escape(title)}</text>']
+    for i, line in enumerate(lines):
+        out.append(f'<text x="10" y="{TOP + 18 * (i + 1)}">{escape(line)}</text>')
+    panel_w = (WIDTH - 3 * PAD) // 2
+    top = TOP + text_h
+    loss_series = [(curves.steps, curves.loss, TRAIN_COLOUR, "train"),
+                   (curves.steps, curves.smoothed, SMOOTH_COLOUR, "train (smoothed)"),
+                   (curves.eval_steps, curves.eval_loss, EVAL_COLOUR, "eval")]
+    ppl_series = [(curves.steps, curves.train_perplexity, SMOOTH_COLOUR, "train (smoothed)"),
+                  (curves.eval_steps, curves.eval_perplexity, EVAL_COLOUR, "eval")]
+    out += _panel(PAD, top, panel_w, "loss", loss_series, log=False, max_points=max_points)
+    out += _panel(2 * PAD + panel_w, top, panel_w, "perplexity (log scale)", ppl_series, log=True,
+                  max_points=max_points)
+    out.append("</svg>")
+    return "\n".join(out)
+
+
+def _panel(x0: int, y0: int, w: int, label: str, series: list, log: bool, max_points: int) -> list[str]:
+    h = PANEL_H
+    out = [f'<rect x="{x0}" y="{y0}" width="{w}" height="{h}" fill="none" stroke="#999"/>',
+           f'<text x="{x0}" y="{y0 - 6}" font-weight="bold">{label}</text>']
+    points = [(x, y) for xs, ys, *_ in series for x, y in zip(xs, ys, strict=True) if math.isfinite(y) and y > 0]
+    if not points:
+        out.append(f'<text x="{x0 + 10}" y="{y0 + h // 2}" fill="#666">no data yet</text>')
+        return out
+    scale = math.log10 if log else (lambda v: v)
+    x_lo, x_hi = min(p[0] for p in points), max(p[0] for p in points)
+    y_lo, y_hi = min(scale(p[1]) for p in points), max(scale(p[1]) for p in points)
+    x_span, y_span = max(x_hi - x_lo, 1), max(y_hi - y_lo, 1e-9)
+
+    def at(x: float, y: float) -> str:
+        return f"{x0 + (x - x_lo) / x_span * w:.1f},{y0 + h - (scale(y) - y_lo) / y_span * h:.1f}"
+
+    for value in (y_lo, y_hi):
+        shown = 10**value if log else value
+        out.append(f'<text x="{x0 - 4}" y="{y0 + h - (value - y_lo) / y_span * h + 4:.1f}" text-anchor="end" '
+                   f'font-size="10">{shown:.3g}</text>')
+    out.append(f'<text x="{x0}" y="{y0 + h + 14}" font-size="10">step {x_lo}</text>')
+    out.append(f'<text x="{x0 + w}" y="{y0 + h + 14}" font-size="10" text-anchor="end">step {x_hi}</text>')
+    for i, (xs, ys, colour, name) in enumerate(series):
+        kept = [(x, y) for x, y in zip(xs, ys, strict=True) if math.isfinite(y) and y > 0]
+        if not kept:
+            continue
+        dx, dy = decimate([p[0] for p in kept], [p[1] for p in kept], max_points)
+        out.append(f'<polyline fill="none" stroke="{colour}" stroke-width="1.5" '
+                   f'points="{" ".join(at(x, y) for x, y in zip(dx, dy, strict=True))}"/>')
+        out.append(f'<text x="{x0 + w - 6}" y="{y0 + 14 + 14 * i}" text-anchor="end" fill="{colour}">{name}</text>')
+    return out

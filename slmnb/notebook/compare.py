@@ -1,0 +1,51 @@
+"""compare_runs(): the loss and perplexity curves of several runs overlaid, read from their metrics.jsonl."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from slmnb.errors import RunError
+from slmnb.notebook.charts import Curves, decimate, rounded
+
+PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f")
+
+
+def run_curves(names: Sequence[str | Path]) -> dict[str, Curves]:
+    from slmnb.training.run import load_run
+
+    if isinstance(names, str | Path) or not names:
+        raise RunError("compare_runs takes a list of run names or folders, such as compare_runs(['a', 'b']).")
+    out: dict[str, Curves] = {}
+    for name in names:
+        run = load_run(name)
+        curves = Curves()
+        for event in run.history:
+            curves.add(event)
+        out[run.name] = curves
+    return out
+
+
+def compare_runs(names: Sequence[str | Path], max_points: int = 500) -> Any:
+    """A Plotly figure: smoothed train loss (solid) and eval loss (dotted) per run, and their perplexities."""
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    figure = make_subplots(rows=1, cols=2, subplot_titles=("loss", "perplexity"), horizontal_spacing=0.1)
+    for i, (name, c) in enumerate(run_curves(names).items()):
+        colour = PALETTE[i % len(PALETTE)]
+        lines = [(c.steps, c.smoothed, 1, "solid", f"{name} train"),
+                 (c.eval_steps, c.eval_loss, 1, "dot", f"{name} eval"),
+                 (c.steps, c.train_perplexity, 2, "solid", None), (c.eval_steps, c.eval_perplexity, 2, "dot", None)]
+        for xs, ys, col, dash, label in lines:
+            if not xs:
+                continue
+            dx, dy = decimate(xs, ys, max_points)
+            figure.add_trace(go.Scatter(x=dx, y=rounded(dy), name=label or name, legendgroup=f"{name}{dash}",
+                                        showlegend=label is not None, mode="lines" if dash == "solid" else
+                                        "lines+markers", line={"color": colour, "dash": dash}), row=1, col=col)
+    figure.update_yaxes(type="log", row=1, col=2)
+    figure.update_xaxes(title_text="step")
+    figure.update_layout(height=340, template="plotly_white", margin={"l": 50, "r": 20, "t": 40, "b": 40})
+    return figure

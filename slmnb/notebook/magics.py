@@ -1,0 +1,77 @@
+"""`%%finetune` and `%finetune`: parse the line, build the config, hand it to the launcher, show the result.
+
+Every mistake a user can make becomes an IPython UsageError carrying the config's one sentence, which IPython
+prints without a traceback.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from IPython.core.error import UsageError
+from IPython.core.magic import Magics, line_cell_magic, magics_class
+from traitlets import Unicode, observe
+
+from slmnb.errors import SlmnbError
+from slmnb.notebook.parsing import SUBCOMMANDS, help_text, parse_cell_line, split_line
+
+
+@magics_class
+class FinetuneMagics(Magics):
+    runs_dir = Unicode("runs", help="Folder of runs whose config names no output_dir, relative to the notebook."
+                       ).tag(config=True)
+    default_model = Unicode("smollm2-135m-instruct", help="Model of a cell that names none (the embedded model)."
+                            ).tag(config=True)
+
+    def __init__(self, shell: Any = None, **kwargs: Any) -> None:
+        super().__init__(shell, **kwargs)
+        self._use_runs_dir()
+
+    @observe("runs_dir")
+    def _use_runs_dir(self, _change: Any = None) -> None:
+        # The runs folder is one per kernel: slmnb.finetune() and load_run() in code cells use it too.
+        from slmnb.training import run
+
+        run.RUNS_DIR = self.runs_dir
+
+    @line_cell_magic
+    def finetune(self, line: str, cell: str | None = None) -> Any:
+        """Fine-tune in the background with a live dashboard; `%finetune --help` lists the options."""
+        try:
+            return self._finetune(line, cell)
+        except SlmnbError as exc:
+            raise UsageError(str(exc)) from None
+
+    def _finetune(self, line: str, cell: str | None) -> Any:
+        tokens = split_line(line)
+        if cell is None and tokens and tokens[0] in SUBCOMMANDS:
+            from slmnb.notebook.commands import ROUTES
+
+            return ROUTES[tokens[0]](tokens[1:])
+        args = parse_cell_line(tokens)
+        if args.help:
+            print(help_text())
+            return None
+        from slmnb.notebook import launch
+
+        config = launch.cell_config(cell or "", args.overrides, self.default_model)
+        if args.form:
+            from slmnb.notebook.form import ConfigForm
+
+            return ConfigForm(config)
+        if args.dry_run:
+            from slmnb.data import preview
+            from slmnb.notebook.views import DryRun
+
+            return DryRun(preview(config))
+        run = launch.start(config, wait=args.wait)
+        if args.var:
+            self.shell.user_ns[args.var] = run
+        return run
+
+
+def allow_options_only(lines: list[str]) -> list[str]:
+    """IPython refuses a cell magic whose body is empty; here `%%finetune --options` alone is a whole cell."""
+    if lines and lines[0].startswith("%%finetune") and not any(line.strip() for line in lines[1:]):
+        return [lines[0].rstrip("\n") + "\n", "# the options above are the whole config\n"]
+    return lines

@@ -1,0 +1,99 @@
+"""Tables the magics show: the dry-run preview and the runs table, as HTML for the notebook and text elsewhere."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from html import escape
+from typing import Any
+
+from slmnb.cli import clock
+from slmnb.data import Preview
+from slmnb.training import events as ev
+
+
+def _table(header: list[str], rows: list[list[Any]]) -> str:
+    head = "".join(f"<th style='text-align:left'>{escape(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td style='text-align:left;white-space:pre-wrap'>{escape(str(c))}</td>"
+                                    for c in row) + "</tr>" for row in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _text_table(header: list[str], rows: list[list[Any]]) -> str:
+    cells = [header] + [[str(c) for c in row] for row in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in cells)
+
+
+@dataclass
+class DryRun:
+    """What %%finetune --dry-run shows: the resolved config and the preview of what it would train on."""
+
+    preview: Preview
+
+    @property
+    def config(self) -> Any:
+        return self.preview.config
+
+    def _repr_html_(self) -> str:
+        p, s = self.preview, self.preview.token_stats
+        stats = (f"{p.train_rows} train rows, {p.eval_rows} eval rows; columns {', '.join(p.columns)}. "
+                 f"Tokens per example: min {s['min']:.0f}, median {s['median']:.0f}, mean {s['mean']:.1f}, "
+                 f"max {s['max']:.0f}; {p.truncated} truncated at max_seq_len {p.config.max_seq_len}, "
+                 f"{p.dropped} dropped (no response left).")
+        rows = [[r["tokens"], r["prompt"], r["response"]] for r in p.rows]
+        return (f"<b>Resolved config</b> (nothing was trained; other fields at their defaults)"
+                f"<pre>{escape(self.yaml)}</pre>"
+                f"<p>{escape(stats)}</p>{_table(['tokens', 'prompt (rendered)', 'response (trained on)'], rows)}")
+
+    def __repr__(self) -> str:
+        return (f"Resolved config (nothing was trained; other fields at their defaults):\n{self.yaml}\n"
+                f"{self.preview}")
+
+    @property
+    def yaml(self) -> str:
+        return self.preview.config.to_yaml(include_defaults=False, always=("model_name_or_path",))
+
+
+RUN_COLUMNS = ["name", "status", "steps", "loss", "eval loss", "perplexity", "duration"]
+
+
+@dataclass
+class RunsTable:
+    """%finetune runs: one row per run folder, with its last metrics."""
+
+    rows: list[dict[str, Any]]
+
+    @classmethod
+    def of(cls, runs: list[Any]) -> RunsTable:
+        rows = []
+        for run in runs:
+            steps = [e for e in run.history if isinstance(e, ev.Step)]
+            evals = [e for e in run.history if isinstance(e, ev.Eval)]
+            elapsed = run.history[-1].elapsed if run.history else run.folder.read_state().get("elapsed", 0.0)
+            rows.append({
+                "name": run.name, "status": run.status, "step": run.step, "max_steps": run.max_steps,
+                "loss": steps[-1].loss if steps else None,
+                "eval_loss": evals[-1].eval_loss if evals else None,
+                "perplexity": evals[-1].perplexity if evals else None,
+                "duration": elapsed, "dir": str(run.dir),
+            })
+        return cls(rows)
+
+    def _cells(self) -> list[list[Any]]:
+        def num(x: float | None) -> str:
+            return "" if x is None or not math.isfinite(x) else f"{x:.4g}"
+
+        return [[r["name"], r["status"], f"{r['step']}/{r['max_steps'] or '?'}", num(r["loss"]), num(r["eval_loss"]),
+                 num(r["perplexity"]), clock(r["duration"] or 0)] for r in self.rows]
+
+    def _repr_html_(self) -> str:
+        if not self.rows:
+            return "<i>No runs yet in this runs folder.</i>"
+        return _table(RUN_COLUMNS, self._cells())
+
+    def __repr__(self) -> str:
+        return _text_table(RUN_COLUMNS, self._cells()) if self.rows else "No runs yet in this runs folder."
+
+    def __len__(self) -> int:
+        return len(self.rows)

@@ -1,0 +1,146 @@
+"""The dashboard through recording comms (no front end): throttling, decimation, buttons, error state, replay."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+import slmnb
+from slmnb.config import FinetuneConfig
+from slmnb.notebook.charts import Curves, decimate, render_svg
+from slmnb.notebook.dashboard import Dashboard
+from slmnb.training import events as ev
+from slmnb.training.run import TrainingRun
+from slmnb.training.runfiles import RunFolder
+
+
+def started(max_steps: int, step: int = 0) -> ev.Started:
+    return ev.Started(step=step, elapsed=0.0, name="fake", max_steps=max_steps, precision="fp32",
+                      output_dir="runs/fake", dropped_rows=0)
+
+
+def step(n: int, loss: float = 1.0) -> ev.Step:
+    return ev.Step(step=n, elapsed=n * 0.1, loss=loss, learning_rate=1e-3, grad_norm=1.0, tokens_per_second=500.0,
+                   epoch=0.0)
+
+
+@pytest.fixture
+def run(workdir: Path) -> TrainingRun:
+    """A real TrainingRun fed events by the test, as the training thread would."""
+    return TrainingRun(FinetuneConfig(data_name="tones", name="fake"), RunFolder(workdir / "runs" / "fake"))
+
+
+def test_updates_are_throttled_and_long_runs_decimated(run: TrainingRun, comms: list) -> None:
+    dashboard = Dashboard(run).follow()  # not training yet: drawn once
+    run.emit(started(10_000))  # starts the drawing thread
+    begin = time.monotonic()
+    for n in range(1, 10_001):
+        run.emit(step(n, loss=5.0 / n))
+        if n % 2000 == 0:
+            run.emit(ev.Eval(step=n, elapsed=n * 0.1, eval_loss=1.0 + 1 / n, perplexity=0.0))
+        if n % 100 == 0:
+            time.sleep(0.01)  # about a second and a half of training
+    run.emit(ev.Finished(step=10_000, elapsed=1000.0, output_path="runs/fake/adapter", reason="completed"))
+    dashboard._drawer.join(5)
+    seconds = time.monotonic() - begin
+    assert dashboard.updates <= seconds / 0.25 + 3  # at most 4 a second, plus the first and last draws
+    assert dashboard.updates >= 2
+    train = dashboard.figure.data[0]
+    assert len(train.x) <= 500 and train.x[-1] == 10_000  # decimated, the last point kept
+    assert list(dashboard.figure.data[2].x) == [2000, 4000, 6000, 8000, 10_000]
+    assert dashboard.progress.value == 10_000 and "Finished at step 10000/10000" in dashboard.status.value
+
+
+def test_widget_messages_stay_few_and_small(run: TrainingRun, comms: list) -> None:
+    Dashboard(run).follow()
+    before = sum(len(c.messages) for c in comms)
+    run.emit(started(2000))
+    for n in range(1, 2001):
+        run.emit(step(n))
+    run.emit(ev.Finished(step=2000, elapsed=200.0, output_path="x", reason="completed"))
+    time.sleep(0.6)
+    sent = [m for c in comms for m in c.messages][before:]
+    assert len(sent) < 60  # a handful of redraws, not one per step
+    assert max(len(str(m)) for m in sent) < 120_000
+
+
+def test_failure_turns_the_dashboard_red_with_the_reason(run: TrainingRun, comms: list) -> None:
+    dashboard = Dashboard(run).follow()
+    run.emit(started(10))
+    run.emit(step(1))
+    run.emit(ev.Failed(step=1, elapsed=0.2, reason="Out of memory: lower per_device_train_batch_size."))
+    dashboard._drawer.join(5)
+    assert "#c62828" in dashboard.status.value
+    assert "Failed at step 1: Out of memory: lower per_device_train_batch_size." in dashboard.status.value
+    assert dashboard.progress.bar_style == "danger"
+    assert dashboard.stop_button.disabled and not dashboard.resume_button.disabled
+
+
+def test_overfitting_hint(run: TrainingRun, comms: list) -> None:
+    dashboard = Dashboard(run).follow()
+    run.emit(started(50))
+    for n in range(1, 51):
+        run.emit(step(n, loss=3.0 - n * 0.05))
+        if n % 10 == 0:
+            run.emit(ev.Eval(step=n, elapsed=n, eval_loss=[2.0, 1.5, 1.6, 1.7, 1.8][n // 10 - 1], perplexity=0.0))
+    run.emit(ev.Finished(step=50, elapsed=5.0, output_path="x", reason="completed"))
+    dashboard._drawer.join(5)
+    assert "overfitting" in dashboard.hint.value
+
+
+def test_replay_draws_the_history_of_a_finished_run_at_once(workdir: Path, tiny: dict, comms: list) -> None:
+    slmnb.finetune(tiny, name="done").wait()
+    dashboard = Dashboard(slmnb.load_run("runs/done")).follow()
+    assert list(dashboard.figure.data[0].x) == list(range(1, 17))
+    assert list(dashboard.figure.data[2].x) == [4, 8, 12, 16]
+    assert dashboard.status.value.count("Finished at step 16/16") == 1
+    assert "Adapter saved to runs/done/adapter" in dashboard.record_bundle()["text/plain"]
+
+
+def test_buttons_pause_resume_and_stop_a_real_run(workdir: Path, tiny: dict, comms: list) -> None:
+    run = slmnb.finetune(tiny, name="buttons", max_steps=2000, eval_steps=2000)
+    dashboard = Dashboard(run).follow()
+    _until(lambda: run.step >= 2)
+    dashboard.pause_button.click()
+    _until(lambda: run.status == "paused" and "Paused at step" in dashboard.status.value)
+    held = run.step
+    time.sleep(0.5)
+    assert run.step == held and dashboard.pause_button.disabled and not dashboard.resume_button.disabled
+    dashboard.resume_button.click()
+    _until(lambda: run.step > held)
+    dashboard.stop_button.click()
+    run.wait()
+    dashboard._drawer.join(5)
+    assert run.status == "stopped" and run.step < 2000
+    assert (run.dir / "adapter" / "adapter_config.json").is_file()
+    assert f"Stopped at step {run.step}/2000" in dashboard.status.value
+    # Resume on a stopped run continues it from its checkpoint, and the same dashboard follows again.
+    dashboard.resume_button.click()
+    _until(lambda: run.status == "running")
+    dashboard.stop_button.click()
+    run.wait()
+    dashboard._drawer.join(5)
+    assert dashboard.figure.data[0].x[-1] == run.step
+
+
+def test_curves_and_static_record() -> None:
+    curves = Curves()
+    curves.add(started(4))
+    for n, loss in enumerate([4.0, 3.0, 2.0, 1.0], start=1):
+        curves.add(step(n, loss))
+    assert curves.smoothed[0] == 4.0 and curves.smoothed[-1] < 4.0  # debiased: no pull towards zero
+    curves.add(started(4, step=2))  # resumed from the checkpoint of step 2
+    assert curves.steps == [1, 2]
+    assert decimate(list(range(10)), list(range(10)), 4) == ([0, 3, 6, 9], [0, 3, 6, 9])
+    svg = render_svg(curves, "a <run>", ["Finished & saved"])
+    assert svg.startswith("<svg") and "a &lt;run&gt;" in svg and "Finished &amp; saved" in svg
+    assert svg.count("<polyline") == 3  # train, smoothed train, smoothed perplexity (no evals yet)
+
+
+def _until(condition, timeout: float = 60.0) -> None:
+    end = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < end, "timed out"
+        time.sleep(0.05)
