@@ -270,8 +270,11 @@ class Dashboard:
         step = self.run.step if step is None else step
         max_steps = max_steps or self._last.get("max_steps") or self.run.max_steps or step
         ended = self._last.get("ended")
-        seconds = ended.elapsed if ended else self.run.folder.read_state().get("elapsed")  # a run read from disk
-        elapsed = clock(seconds) if seconds and status in ("finished", "stopped") else None
+        elapsed = None
+        if status in ("finished", "stopped"):
+            # A run read from disk has no end event: its run.json has the time.
+            seconds = ended.elapsed if ended else self.run.folder.read_state().get("elapsed")
+            elapsed = clock(seconds) if seconds else None
         if status == "starting":
             return ["Loading the model and the data..."]
         if status == "failed":

@@ -15,9 +15,7 @@ from slmnb.errors import ConfigError
 
 def cell_config(body: str, overrides: dict[str, Any], default_model: str) -> FinetuneConfig:
     """The cell body (YAML or JSON) with the line's options on top; default_model fills a config without one."""
-    values = parse_yaml(body) if body.strip() else {}
-    if values is None:
-        values = {}
+    values = parse_yaml(body) or {}  # an empty or comment-only body is no config at all
     if not isinstance(values, dict):
         raise ConfigError("The cell body must be a YAML or JSON mapping, such as 'max_steps: 60'.")
     if "model_name_or_path" not in values and "model_name_or_path" not in overrides:
