@@ -9,6 +9,7 @@ and the summary, which is what a saved notebook shows without a kernel or widget
 from __future__ import annotations
 
 import threading
+from html import escape
 from typing import Any
 
 from slmnb.cli import clock
@@ -41,7 +42,11 @@ class Dashboard:
         self._drawer_lock = threading.Lock()
         self._ended = threading.Event()
         self._drawer: threading.Thread | None = None
-        self._last: dict[str, Any] = {}
+        self._drawn_view: tuple[Any, ...] | None = None
+        self._max_steps: int | None = None
+        self._paces: list[tuple[int, float]] = []  # (step, elapsed) of the last ETA_WINDOW steps
+        self._tokens_per_second: float | None = None
+        self._end_event: ev.Event | None = None  # the Finished, Stopped or Failed event drawn
         self._sent: dict[int, tuple[int, float | None]] = {}
         self._notice = ""
         self._record: Any = None
@@ -92,8 +97,8 @@ class Dashboard:
 
     def _title_html(self) -> str:
         c = self.run.config
-        return (f"<b>{_esc(self.run.name)}</b> &middot; {_esc(c.model_name_or_path)} &middot; {c.method} "
-                f"&middot; <code>{_esc(str(self.run.dir))}</code>")
+        return (f"<b>{escape(self.run.name)}</b> &middot; {escape(c.model_name_or_path)} &middot; {c.method} "
+                f"&middot; <code>{escape(str(self.run.dir))}</code>")
 
     def _ipython_display_(self) -> None:
         self.show()
@@ -190,25 +195,24 @@ class Dashboard:
                 self.curves.add(event)
                 self._note_event(event)
             view = self._view()
-            if not events and view == self._last.get("view"):
+            if not events and view == self._drawn_view:
                 return False
             self._draw_charts()
             self._draw_panel(view)
-            self._last["view"] = view
+            self._drawn_view = view
             self.updates += 1
             return True
 
     def _note_event(self, event: ev.Event) -> None:
         if isinstance(event, ev.Started):
-            self._last["max_steps"] = event.max_steps
-            self._last["paces"] = []
+            self._max_steps = event.max_steps
+            self._paces = []
         elif isinstance(event, ev.Step):
-            paces = self._last.setdefault("paces", [])
-            paces.append((event.step, event.elapsed))
-            del paces[:-ETA_WINDOW]
-            self._last["tokens_per_second"] = event.tokens_per_second
+            self._paces.append((event.step, event.elapsed))
+            del self._paces[:-ETA_WINDOW]
+            self._tokens_per_second = event.tokens_per_second
         elif isinstance(event, ev.ENDED):
-            self._last["ended"] = event
+            self._end_event = event
 
     def _view(self) -> tuple[Any, ...]:
         return (self.run.status, self.run.step, self._notice, self.curves.overfitting())
@@ -231,7 +235,7 @@ class Dashboard:
 
     def _draw_panel(self, view: tuple[Any, ...]) -> None:
         status, step = view[0], view[1]
-        max_steps = self._last.get("max_steps") or self.run.max_steps or max(step, 1)
+        max_steps = self._max_steps or self.run.max_steps or max(step, 1)
         self.progress.max = max(max_steps, 1)
         self.progress.value = min(step, self.progress.max)
         self.progress.bar_style = {"failed": "danger", "finished": "success"}.get(status, "")
@@ -245,31 +249,31 @@ class Dashboard:
                            "early_stopping_patience.</span>" if view[3] else "")
 
     def _eta(self, step: int, max_steps: int, status: str) -> str:
-        paces = self._last.get("paces") or []
+        paces = self._paces
         parts = []
         if status == "running" and len(paces) >= 2 and paces[-1][0] > paces[0][0]:
             per_step = (paces[-1][1] - paces[0][1]) / (paces[-1][0] - paces[0][0])
             parts.append(f"ETA {clock(per_step * max(max_steps - step, 0))}")
-        if self._last.get("tokens_per_second"):
-            parts.append(f"{self._last['tokens_per_second']:.0f} tokens/s")
+        if self._tokens_per_second:
+            parts.append(f"{self._tokens_per_second:.0f} tokens/s")
         return " &middot; " + " &middot; ".join(parts) if parts else ""
 
     def _status_html(self, status: str, step: int, max_steps: int) -> str:
         lines = self.summary_lines(status, step, max_steps)
         colour = STATUS_COLOURS.get(status, "inherit")
-        html = f"<div style='color:{colour}'>" + "<br>".join(_esc(x) for x in lines) + "</div>"
+        html = f"<div style='color:{colour}'>" + "<br>".join(escape(x) for x in lines) + "</div>"
         if self.note:
-            html += f"<div style='color:#666'>{_esc(self.note)}</div>"
+            html += f"<div style='color:#666'>{escape(self.note)}</div>"
         if self._notice:
-            html += f"<div style='color:#c62828'>{_esc(self._notice)}</div>"
+            html += f"<div style='color:#c62828'>{escape(self._notice)}</div>"
         return html
 
     def summary_lines(self, status: str | None = None, step: int | None = None,
                       max_steps: int | None = None) -> list[str]:
         status = status or self.run.status
         step = self.run.step if step is None else step
-        max_steps = max_steps or self._last.get("max_steps") or self.run.max_steps or step
-        ended = self._last.get("ended")
+        max_steps = max_steps or self._max_steps or self.run.max_steps or step
+        ended = self._end_event
         elapsed = None
         if status in ("finished", "stopped"):
             # A run read from disk has no end event: its run.json has the time.
@@ -315,8 +319,3 @@ class Dashboard:
 def dashboards_for(run: TrainingRun) -> list[Dashboard]:
     return [d for d in SHOWN if d.run is run]
 
-
-def _esc(text: str) -> str:
-    from html import escape
-
-    return escape(text, quote=True)

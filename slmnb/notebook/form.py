@@ -7,6 +7,7 @@ opened with, so form -> config -> cell text -> config loses nothing.
 
 from __future__ import annotations
 
+from html import escape
 from pathlib import Path
 from typing import Any
 
@@ -142,7 +143,7 @@ class ConfigForm:
         valid = not self._errors and not problem
         self.start_button.disabled = not valid
         shown = self.cell_text if valid else "(fix the flagged field to see the equivalent cell)"
-        self.cell.value = f"<pre style='user-select:text'>{_esc(shown)}</pre>"
+        self.cell.value = f"<pre style='user-select:text'>{escape(shown)}</pre>"
 
     def _check_data(self, config: FinetuneConfig) -> None:
         from slmnb.data import check_templates
@@ -155,6 +156,7 @@ class ConfigForm:
         import ipywidgets as w
 
         from slmnb.data import read_splits
+        from slmnb.notebook.views import html_table
 
         self._columns: list[str] = []
         self.preview.value, self.columns.children = "", ()
@@ -168,10 +170,8 @@ class ConfigForm:
             return
         train = rows.get("train") or next(iter(rows.values()), [])
         self._columns = list(train[0]) if train else []
-        head = "".join(f"<th>{_esc(c)}</th>" for c in self._columns)
-        body = "".join("<tr>" + "".join(f"<td>{_esc(str(r.get(c, '')))}</td>" for c in self._columns) + "</tr>"
-                       for r in train[:PREVIEW_ROWS])
-        self.preview.value = (f"<div style='margin-left:154px'><table><tr>{head}</tr>{body}</table>"
+        table = html_table(self._columns, [[r.get(c, "") for c in self._columns] for r in train[:PREVIEW_ROWS]])
+        self.preview.value = (f"<div style='margin-left:154px'>{table}"
                               f"<small>{len(train)} train rows; splits: {', '.join(rows)}</small></div>")
         buttons = []
         for column in self._columns:
@@ -210,10 +210,5 @@ class ConfigForm:
 
 
 def _error_html(message: str) -> str:
-    return f"<span style='color:#c62828'>{_esc(message)}</span>" if message else ""
+    return f"<span style='color:#c62828'>{escape(message)}</span>" if message else ""
 
-
-def _esc(text: str) -> str:
-    from html import escape
-
-    return escape(text, quote=True)

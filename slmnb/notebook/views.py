@@ -12,7 +12,7 @@ from slmnb.data import Preview
 from slmnb.training import events as ev
 
 
-def _table(header: list[str], rows: list[list[Any]]) -> str:
+def html_table(header: list[str], rows: list[list[Any]]) -> str:
     head = "".join(f"<th style='text-align:left'>{escape(h)}</th>" for h in header)
     body = "".join("<tr>" + "".join(f"<td style='text-align:left;white-space:pre-wrap'>{escape(str(c))}</td>"
                                     for c in row) + "</tr>" for row in rows)
@@ -44,7 +44,7 @@ class DryRun:
         rows = [[r["tokens"], r["prompt"], r["response"]] for r in p.rows]
         return (f"<b>Resolved config</b> (nothing was trained; other fields at their defaults)"
                 f"<pre>{escape(self.yaml)}</pre>"
-                f"<p>{escape(stats)}</p>{_table(['tokens', 'prompt (rendered)', 'response (trained on)'], rows)}")
+                f"<p>{escape(stats)}</p>{html_table(['tokens', 'prompt (rendered)', 'response (trained on)'], rows)}")
 
     def __repr__(self) -> str:
         return (f"Resolved config (nothing was trained; other fields at their defaults):\n{self.yaml}\n"
@@ -90,7 +90,7 @@ class RunsTable:
     def _repr_html_(self) -> str:
         if not self.rows:
             return "<i>No runs yet in this runs folder.</i>"
-        return _table(RUN_COLUMNS, self._cells())
+        return html_table(RUN_COLUMNS, self._cells())
 
     def __repr__(self) -> str:
         return _text_table(RUN_COLUMNS, self._cells()) if self.rows else "No runs yet in this runs folder."
