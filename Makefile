@@ -35,6 +35,7 @@ test-slow: setup
 bench: setup
 	$(BIN)/python bench/bench_training.py
 	$(BIN)/python bench/bench_kernel.py
+	$(BIN)/python bench/bench_export.py
 
 clean:
 	rm -rf $(VENV) .cache runs .pytest_cache

@@ -26,6 +26,12 @@ _EXPORTS = {
     "list_runs": "slmnb.training.run",
     "form": "slmnb.notebook.form",
     "compare_runs": "slmnb.notebook.compare",
+    "export": "slmnb.opt.export",
+    "Export": "slmnb.opt.export",
+    "generate": "slmnb.opt.export",
+    "list_exports": "slmnb.opt.store",
+    "compare": "slmnb.opt.compare",
+    "ExportError": "slmnb.errors",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -9,10 +9,12 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import time
 from typing import Any, TextIO
 
 from slmnb.errors import SlmnbError
-from slmnb.options import add_config_options, refuse_unknown
+from slmnb.options import add_compare_options, add_config_options, add_export_options, refuse_unknown
+from slmnb.text import clock
 from slmnb.training import events as ev
 
 SHORT_OPTIONS = {"model_name_or_path": "-m", "output_dir": "-o"}
@@ -26,6 +28,8 @@ def build_parser() -> argparse.ArgumentParser:
     finetune.add_argument("config", nargs="?", help="A YAML or JSON FinetuneConfig; options override it.")
     finetune.add_argument("--resume", action="store_true", help="Continue the named run from its last checkpoint.")
     add_config_options(finetune, SHORT_OPTIONS)
+    add_export_options(commands.add_parser("export", help="Export a run to ONNX for onnxruntime-genai."))
+    add_compare_options(commands.add_parser("compare", help="Base model and fine-tunes side by side (ONNX)."))
     return parser
 
 
@@ -76,10 +80,6 @@ class ProgressBar:
         self.stream.flush()
 
 
-def clock(seconds: float) -> str:
-    seconds = int(seconds)
-    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
-
 
 def run_finetune(options: dict[str, Any]) -> int:
     from slmnb.training.run import finetune
@@ -109,14 +109,42 @@ def run_finetune(options: dict[str, Any]) -> int:
     return 0
 
 
+def run_export(options: dict[str, Any]) -> int:
+    from slmnb.opt.export import export
+
+    start = time.perf_counter()
+
+    def phase(text: str) -> None:
+        print(f"[{clock(time.perf_counter() - start)}] {text}", file=sys.stderr, flush=True)
+
+    result = export(options.pop("run"), on_phase=phase, **options)
+    print(f"exported to {result.folder} ({result.size_mb:.0f} MB)" +
+          (f", adapter {result.adapter}" if result.adapter else "") + f" in {result.seconds:.1f} s")
+    return 0
+
+
+def run_compare(options: dict[str, Any]) -> int:
+    from slmnb.opt.compare import compare
+
+    print(compare(**options))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
-    parsed, unknown = build_parser().parse_known_args(argv)
+    parser = build_parser()
+    parsed, unknown = parser.parse_known_args(argv)
     args = vars(parsed)
     command = args.pop("command")
+    if unknown and command != "finetune":
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     try:
         refuse_unknown(unknown)
         if command == "finetune":
             return run_finetune(args)
+        if command == "export":
+            return run_export(args)
+        if command == "compare":
+            return run_compare(args)
     except SlmnbError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -11,6 +11,7 @@ import json
 import random
 import statistics
 import string
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -50,18 +51,18 @@ def read_splits(config: FinetuneConfig) -> dict[str, Rows]:
     if config.data_files:
         rows: Rows = []
         for name in config.data_files:
-            rows.extend(_read_file(Path(name).expanduser()))
+            rows.extend(read_rows(Path(name).expanduser()))
         return {"train": rows}
     if config.data_name:
         if config.data_name in bundled_datasets():
             folder = BUNDLED_DIR / config.data_name
-            return {p.stem: _read_file(p) for p in sorted(folder.glob("*.jsonl"))}
+            return {p.stem: read_rows(p) for p in sorted(folder.glob("*.jsonl"))}
         return _read_saved_dataset(Path(config.data_name).expanduser())
     raise ConfigError("Give the training data: data_name (a bundled dataset such as "
                       f"{', '.join(bundled_datasets())}, or a saved datasets folder), data_files, or rows.")
 
 
-def _read_file(path: Path) -> Rows:
+def read_rows(path: Path) -> Rows:
     if not path.is_file():
         raise ConfigError(f"Data file {str(path)!r} does not exist: check data_files (paths are relative to "
                           f"{Path.cwd()}).")
@@ -225,16 +226,34 @@ def prompt_of(template: str, row: dict[str, Any]) -> str:
 # --- tokens -------------------------------------------------------------------------------------------
 
 
-def prompt_ids(config: FinetuneConfig, tokenizer: Any, row: dict[str, Any]) -> list[int]:
-    """Token ids of the prompt for one row, exactly as training saw them before the response."""
+def prompt_ids(config: FinetuneConfig, tokenizer: Any, row: dict[str, Any] | str,
+               examples: Sequence[dict[str, Any]] = ()) -> list[int]:
+    """Token ids of the prompt for one row, exactly as training saw them before the response.
+
+    A plain string fills the prompt's one column (with several columns it is the whole prompt, as is).
+    `examples` are solved rows put before it, as earlier turns of the chat: a few-shot prompt.
+    """
+    if isinstance(row, str):
+        template = config.prompt_template or config.text_template or ""
+        names = list(dict.fromkeys(n for _, n, _, _ in string.Formatter().parse(template) if n))
+        if config.text_template:
+            names = names[:1]  # the rest of a text template is what the model should write
+        if len(names) != 1:
+            return tokenizer(row)["input_ids"]
+        row = {names[0]: row}
     if config.text_template:
-        return tokenizer(prompt_of(config.text_template, row))["input_ids"]
+        shots = "".join(render(config.text_template, example, "text_template") + "\n\n" for example in examples)
+        return tokenizer(shots + prompt_of(config.text_template, row))["input_ids"]
+    turns = [(render(config.prompt_template or "", example, "prompt_template"),
+              render(config.response_template or "", example, "response_template")) for example in examples]
     prompt = render(config.prompt_template or "", row, "prompt_template")
     if config.use_chat_template:
-        text = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
+        messages = [{"role": role, "content": text} for turn in turns
+                    for role, text in zip(("user", "assistant"), turn, strict=True)]
+        text = tokenizer.apply_chat_template([*messages, {"role": "user", "content": prompt}], tokenize=False,
                                              add_generation_prompt=True)
         return tokenizer(text, add_special_tokens=False)["input_ids"]
-    return tokenizer(prompt)["input_ids"]
+    return tokenizer("".join(p + r + "\n\n" for p, r in turns) + prompt)["input_ids"]
 
 
 def encode(config: FinetuneConfig, tokenizer: Any, row: dict[str, Any]) -> dict[str, list[int]]:

@@ -11,3 +11,7 @@ class ConfigError(SlmnbError, ValueError):
 
 class RunError(SlmnbError, RuntimeError):
     """A run cannot be started, resumed or opened as asked."""
+
+
+class ExportError(SlmnbError, RuntimeError):
+    """An ONNX export, an adapter or a generation cannot be made as asked."""

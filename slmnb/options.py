@@ -40,3 +40,30 @@ def refuse_unknown(unknown: list[str]) -> None:
     if unknown:
         option = unknown[0].lstrip("-").split("=")[0]
         raise ConfigError(unknown_key_message(option, FIELD_NAMES))
+
+
+def add_export_options(parser: argparse.ArgumentParser) -> None:
+    """`export RUN` with `olive auto-opt`'s flag names."""
+    from slmnb.opt.export import ADAPTER_MODES, PRECISIONS
+
+    parser.add_argument("run", metavar="RUN", help="A run's name or folder.")
+    parser.add_argument("--precision", default="int4", choices=PRECISIONS,
+                        help="Weight precision (default int4: k_quant with an int8 output layer).")
+    parser.add_argument("--adapters", default="switchable", choices=ADAPTER_MODES,
+                        help="switchable: a shared base model plus a small .onnx_adapter per run (default); "
+                             "merged: the LoRA merged into one self-contained model.")
+    parser.add_argument("-o", "--output_path", dest="output", default=None, metavar="DIR",
+                        help="The exports folder (default ./onnx), or a base model's folder to add the adapter to.")
+    parser.add_argument("--device", default="cpu", help="Only cpu is supported.")
+    parser.add_argument("--provider", default="CPUExecutionProvider", help="Only CPUExecutionProvider is supported.")
+
+
+def add_compare_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("runs", nargs="+", metavar="RUN", help="Runs to put beside their base model.")
+    parser.add_argument("--prompts", metavar="FILE", default=None,
+                        help="Prompts: .txt (one per line) or rows in .json/.jsonl/.csv; default: test rows.")
+    parser.add_argument("--eval", dest="evaluate", action="store_true",
+                        help="Also score every column on the test split, and ONNX against PyTorch.")
+    parser.add_argument("--max_new_tokens", type=int, default=64, metavar="N", help="Tokens per answer (64).")
+    parser.add_argument("--few-shot", "--few_shot", dest="few_shot", type=int, default=0, metavar="K",
+                        help="Add the base model prompted with K training rows.")

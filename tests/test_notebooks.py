@@ -1,5 +1,7 @@
 """Every notebook in notebooks/ runs headless on a real kernel, with runs shortened by SLMNB_MAX_STEPS.
 
+They run in order in one folder, as a student would: 02 exports the run that 01 trained.
+
 Widgets only give text in nbclient, so the checks run as one more cell in the same kernel, on Python objects:
 the run finished, its dashboard's chart holds the points, and the saved notebook keeps the static record.
 """
@@ -23,11 +25,26 @@ dashboard = dashboards_for(run)[0]
 assert list(dashboard.figure.data[0].x) == [1, 2, 3, 4], dashboard.figure.data[0].x
 assert len(tuned.rows) >= 40
 """,
+    "02-export-and-compare.ipynb": """
+assert ex.precision == "int4" and ex.adapter.name == "quickstart.onnx_adapter", ex
+assert comparison.status == "done", comparison.status
+assert [c.title for c in comparison.columns] == ["base model", "quickstart", "base, 4-shot"]
+assert all(all(c.answers) for c in comparison.columns)
+assert all(c.accuracy is not None for c in comparison.columns)
+assert comparison.columns[1].agreement is not None
+""",
 }
 
 
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("notebooks")
+
+
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])
-def test_notebook_runs_headless(path: Path, workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_notebook_runs_headless(path: Path, folder: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    workdir = folder
+    monkeypatch.chdir(workdir)
     monkeypatch.setenv("SLMNB_MAX_STEPS", "4")
     shutil.copy(path, workdir / path.name)
     nb = nbformat.read(workdir / path.name, as_version=4)

@@ -1,4 +1,4 @@
-"""The notebook front end: the %%finetune magic, the live dashboard, the config form and run comparison.
+"""The notebook front end: the %%finetune and %opt magics, the live dashboard, the config form and run comparison.
 
 This layer only displays and controls runs; training lives in slmnb.training and never imports widgets.
 """
@@ -9,8 +9,9 @@ from typing import Any
 
 
 def load_ipython_extension(ipython: Any) -> None:
-    from slmnb.notebook.magics import FinetuneMagics, allow_options_only
+    from slmnb.notebook.magics import FinetuneMagics, OptMagics, allow_options_only
 
     ipython.register_magics(FinetuneMagics(ipython))
+    ipython.register_magics(OptMagics(ipython))
     if allow_options_only not in ipython.input_transformers_cleanup:
         ipython.input_transformers_cleanup.append(allow_options_only)

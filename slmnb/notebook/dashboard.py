@@ -12,9 +12,9 @@ import threading
 from html import escape
 from typing import Any
 
-from slmnb.cli import clock
 from slmnb.errors import SlmnbError
 from slmnb.notebook.charts import Curves, decimate, render_svg, rounded
+from slmnb.text import clock
 from slmnb.training import events as ev
 from slmnb.training.run import LIVE_STATUSES, TrainingRun
 

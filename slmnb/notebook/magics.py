@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from IPython.core.error import UsageError
-from IPython.core.magic import Magics, line_cell_magic, magics_class
+from IPython.core.magic import Magics, line_cell_magic, line_magic, magics_class
 from traitlets import Unicode, observe
 
 from slmnb.errors import SlmnbError
@@ -68,6 +68,25 @@ class FinetuneMagics(Magics):
         if args.var:
             self.shell.user_ns[args.var] = run
         return run
+
+
+@magics_class
+class OptMagics(Magics):
+    @line_magic
+    def opt(self, line: str) -> Any:
+        """ONNX export, exports on disk, and base vs fine-tuned side by side; `%opt --help` lists them."""
+        from slmnb.notebook.opt_commands import ROUTES, USAGE
+
+        tokens = split_line(line)
+        if not tokens or tokens[0] in ("-h", "--help", "help"):
+            print(USAGE)
+            return None
+        if tokens[0] not in ROUTES:
+            raise UsageError(f"%opt has no subcommand {tokens[0]!r}: use export, adapters or compare.")
+        try:
+            return ROUTES[tokens[0]](tokens[1:])
+        except SlmnbError as exc:
+            raise UsageError(str(exc)) from None
 
 
 def allow_options_only(lines: list[str]) -> list[str]:

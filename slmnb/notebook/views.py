@@ -7,8 +7,8 @@ from dataclasses import dataclass
 from html import escape
 from typing import Any
 
-from slmnb.cli import clock
 from slmnb.data import Preview
+from slmnb.text import clock, text_table
 from slmnb.training import events as ev
 
 
@@ -17,12 +17,6 @@ def html_table(header: list[str], rows: list[list[Any]]) -> str:
     body = "".join("<tr>" + "".join(f"<td style='text-align:left;white-space:pre-wrap'>{escape(str(c))}</td>"
                                     for c in row) + "</tr>" for row in rows)
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
-
-
-def _text_table(header: list[str], rows: list[list[Any]]) -> str:
-    cells = [header] + [[str(c) for c in row] for row in rows]
-    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in cells)
 
 
 @dataclass
@@ -93,7 +87,7 @@ class RunsTable:
         return html_table(RUN_COLUMNS, self._cells())
 
     def __repr__(self) -> str:
-        return _text_table(RUN_COLUMNS, self._cells()) if self.rows else "No runs yet in this runs folder."
+        return text_table(RUN_COLUMNS, self._cells()) if self.rows else "No runs yet in this runs folder."
 
     def __len__(self) -> int:
         return len(self.rows)

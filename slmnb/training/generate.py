@@ -29,7 +29,7 @@ class Predictor:
         import torch
 
         model, tokenizer = self._model(adapter), self._tok()
-        prompts = [self._prompt(row) for row in rows]
+        prompts = [prompt_ids(self.config, self._tok(), row) for row in rows]
         answers: list[str] = []
         for start in range(0, len(prompts), batch_size):
             batch = prompts[start:start + batch_size]
@@ -42,18 +42,6 @@ class Predictor:
                                      do_sample=False, pad_token_id=tokenizer.pad_token_id)
             answers.extend(tokenizer.decode(row[width:], skip_special_tokens=True).strip() for row in out)
         return answers
-
-    def _prompt(self, row: dict[str, Any] | str) -> list[int]:
-        if isinstance(row, str):
-            # A plain string fills the prompt's one column; with several columns it is the whole prompt.
-            template = self.config.prompt_template or self.config.text_template or ""
-            names = list(dict.fromkeys(n for _, n, _, _ in string.Formatter().parse(template) if n))
-            if self.config.text_template:
-                names = names[:1]  # the rest of a text template is what the model should write
-            if len(names) != 1:
-                return self._tok()(row)["input_ids"]
-            row = {names[0]: row}
-        return prompt_ids(self.config, self._tok(), row)
 
     def _tok(self) -> Any:
         if self._tokenizer is None:

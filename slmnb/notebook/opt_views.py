@@ -1,0 +1,182 @@
+"""What %opt shows under its cell: an export's progress, the exports on disk, and the side-by-side table.
+
+Each is plain HTML in one display that a worker thread replaces (at most four times a second), so the kernel
+stays free while tokens stream in, and a saved notebook keeps the last state without any widget state.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from html import escape
+from typing import Any
+
+from slmnb.notebook.output import CellOutput
+from slmnb.notebook.views import html_table
+from slmnb.opt.store import Listed
+from slmnb.text import clock, text_table
+
+REDRAW_EVERY = 0.25  # seconds between two redraws of a live view
+
+
+class LiveHTML:
+    """A display that a worker thread redraws, throttled; `draw(final=True)` always goes out."""
+
+    def __init__(self, html: str, text: str) -> None:
+        self.output = CellOutput({"text/html": html, "text/plain": text})
+        self._last = 0.0
+        self._lock = threading.Lock()
+
+    def draw(self, html: str, text: str, final: bool = False) -> None:
+        with self._lock:
+            now = time.monotonic()
+            if not final and now - self._last < REDRAW_EVERY:
+                return
+            self._last = now
+            self.output.update({"text/html": html, "text/plain": text})
+
+
+class ExportJob:
+    """An export running in a background thread, showing its phase and elapsed time; wait() gives the Export."""
+
+    def __init__(self, run: Any, options: dict[str, Any]) -> None:
+        self.run, self.name, self.options = run, run.name, options
+        self.phase, self.result, self.error = "starting", None, None
+        self._started = time.perf_counter()
+        self.view = LiveHTML(*self._render())
+        self._thread = threading.Thread(target=self._work, daemon=True, name=f"slmnb-export-{self.name}")
+        # A ticker keeps the clock moving during the builder's long quantization phase, which prints nothing.
+        self._ticker = threading.Thread(target=self._tick, daemon=True, name=f"slmnb-export-clock-{self.name}")
+        self._thread.start()
+        self._ticker.start()
+
+    def _work(self) -> None:
+        from slmnb.opt.export import export
+
+        try:
+            self.result = export(self.run, on_phase=self._on_phase, **self.options)
+        except BaseException as exc:
+            self.error = exc
+        self.view.draw(*self._render(), final=True)
+
+    def _on_phase(self, text: str) -> None:
+        self.phase = text
+        self.view.draw(*self._render())
+
+    def _tick(self) -> None:
+        while self._thread.is_alive():
+            time.sleep(1.0)
+            if self._thread.is_alive():
+                self.view.draw(*self._render())
+
+    def _render(self) -> tuple[str, str]:
+        elapsed = clock(time.perf_counter() - self._started)
+        if self.error is not None:
+            text = f"Export of {self.name} failed: {self.error}"
+            return f"<div style='color:#b00020'>{escape(text)}</div>", text
+        if self.result is not None:
+            ex = self.result
+            parts = [f"Exported {self.name} as {ex.precision} in {ex.seconds:.1f} s: {ex.folder} "
+                     f"({ex.size_mb:.0f} MB)"]
+            if ex.adapter is not None:
+                parts.append(f"adapter {ex.adapter} ({ex.adapter.stat().st_size / 1e6:.1f} MB)")
+            text = "; ".join(parts)
+            return f"<div>{escape(text)}</div>", text
+        text = f"Exporting {self.name} ({self.options.get('precision', 'int4')}): {self.phase}, {elapsed}"
+        return f"<div>{escape(text)}</div>", text
+
+    @property
+    def done(self) -> bool:
+        return not self._thread.is_alive()
+
+    def wait(self, timeout: float | None = None) -> Any:
+        """Block until the export ends; returns the Export, or raises the export's error."""
+        self._thread.join(timeout)
+        if self.error is not None:
+            raise self.error
+        return self.result
+
+    def __repr__(self) -> str:
+        return f"<ExportJob {self.name}: {'done' if self.done else self.phase}>"
+
+
+EXPORT_COLUMNS = ["model folder", "kind", "base model", "precision", "size", "adapters"]
+
+
+class ExportsTable:
+    """`%opt adapters`: the base models and merged models on disk, and each base's adapters."""
+
+    def __init__(self, listed: list[Listed], root: str) -> None:
+        self.listed, self.root = listed, root
+
+    def _cells(self) -> list[list[str]]:
+        return [[e.folder.name, e.manifest.get("kind", "?"), e.manifest.get("base_model", "?"),
+                 e.manifest.get("precision", "?"), f"{e.size_mb:.0f} MB",
+                 ", ".join(f"{a['run']} (r={a.get('rank', '?')})" for a in e.adapters) or "-"] for e in self.listed]
+
+    def _repr_html_(self) -> str:
+        if not self.listed:
+            return f"<div>{escape(repr(self))}</div>"
+        return html_table(EXPORT_COLUMNS, self._cells())
+
+    def __repr__(self) -> str:
+        if not self.listed:
+            return f"No exports yet in {self.root}: %opt export RUN makes one."
+        return text_table(EXPORT_COLUMNS, self._cells())
+
+
+class ComparisonView:
+    """The side-by-side table, redrawn as tokens come. A background thread exports what is missing (showing
+    the phase), then fills the table; wait() gives the Comparison."""
+
+    def __init__(self, prepare: Callable[[Callable[[str], None]], Any], evaluate: bool) -> None:
+        self.comparison: Any = None
+        self.phase, self.error = "starting", None
+        self._started = time.perf_counter()
+        self.view = LiveHTML(*self._render())
+        self._thread = threading.Thread(target=self._work, args=(prepare, evaluate), daemon=True,
+                                        name="slmnb-compare")
+        self._thread.start()
+
+    def _work(self, prepare: Callable[[Callable[[str], None]], Any], evaluate: bool) -> None:
+        try:
+            self.comparison = prepare(self._on_phase)
+            self.comparison.fill(self._on_update, evaluate=evaluate)
+        except BaseException as exc:  # shown in the view, and raised again by wait()
+            self.error = exc
+        self.view.draw(*self._render(), final=True)
+
+    def _on_phase(self, text: str) -> None:
+        self.phase = f"exporting {text}, {clock(time.perf_counter() - self._started)}"
+        self.view.draw(*self._render())
+
+    def _on_update(self, comparison: Any, what: str) -> None:
+        self.view.draw(*self._render(), final=what in ("status", "eval"))
+
+    def _render(self) -> tuple[str, str]:
+        c = self.comparison
+        status = c.status if c is not None else self.phase
+        if self.error is not None:
+            status = f"failed: {self.error}"
+        colour = "#b00020" if self.error is not None else "#555"
+        html, text = f"<div style='color:{colour}'>{escape(status)}</div>", status
+        if c is not None:
+            header, rows = c.header(), c.answer_rows() + c.summary_rows()
+            html += html_table(header, rows)
+            text += "\n" + text_table(header, rows, width=30)
+        return html, text
+
+    def stop(self) -> None:
+        if self.comparison is not None:
+            self.comparison.stop()
+
+    def wait(self, timeout: float | None = None) -> Any:
+        """Block until the table is full; returns the Comparison, or raises what went wrong."""
+        self._thread.join(timeout)
+        if self.error is not None:
+            raise self.error
+        return self.comparison
+
+    def __repr__(self) -> str:
+        return repr(self.comparison) if self.comparison is not None else f"<comparison: {self.phase}>"

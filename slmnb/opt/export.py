@@ -1,0 +1,273 @@
+"""`slmnb.export(run)`: a run as ONNX for onnxruntime-genai, and the `Export` that answers prompts with it.
+
+Switchable (the default, Olive's generate-adapter workflow): the run's base model is exported once per
+precision and LoRA layout with LoRA inputs that default to nothing, and the run becomes a small
+`.onnx_adapter`; a further run of the same base only converts its adapter. Merged: the LoRA is merged into the
+weights first, giving one self-contained model.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from slmnb.errors import ExportError
+from slmnb.opt import store
+from slmnb.opt.adapters import check_fits, lora_nodes, make_switchable, peft_weights, write_adapter
+from slmnb.opt.builder import run_builder
+from slmnb.opt.runtime import Timing, forget, hf_tokenizer, onnx_model
+from slmnb.paths import build_folder_once, replace_folder
+
+PRECISIONS = ("int4", "int8", "fp32")
+ADAPTER_MODES = ("switchable", "merged")
+Phase = Callable[[str], None]
+
+
+class Export:
+    """An exported run (or a bare ONNX folder): its model folder, its adapter, and greedy answers from them."""
+
+    def __init__(self, folder: Path, adapter: Path | None = None, run: Any = None, seconds: float = 0.0) -> None:
+        self.folder = Path(folder)
+        self.adapter = adapter
+        self.run = run
+        self.seconds = seconds  # what this export call took; near 0 when everything was on disk already
+        self.manifest = store.read_json(self.folder / store.MANIFEST) or {}
+        self._tokenizer: Any = None
+
+    @property
+    def precision(self) -> str:
+        return self.manifest.get("precision", "?")
+
+    @property
+    def merged(self) -> bool:
+        return self.manifest.get("kind") == "merged"
+
+    @property
+    def size_mb(self) -> float:
+        return sum(f.stat().st_size for f in self.folder.glob("model.onnx*")) / 1e6
+
+    def __repr__(self) -> str:
+        what = f"run {self.run.name!r}" if self.run is not None else "model"
+        adapter = f" + {self.adapter.name}" if self.adapter else ""
+        return f"<Export of {what}: {self.precision} {self.folder}{adapter}>"
+
+    def prompt_ids(self, row: dict[str, Any] | str, examples: Sequence[dict[str, Any]] = ()) -> list[int]:
+        """The prompt's tokens, rendered as the run's training rendered them (a bare model: its chat template)."""
+        from slmnb.data import prompt_ids
+
+        tokenizer = self.tokenizer()
+        if self.run is not None:
+            return prompt_ids(self.run.config, tokenizer, row, examples)
+        if not isinstance(row, str):
+            raise ExportError("A model exported without a run takes prompts as text: pass strings.")
+        if tokenizer.chat_template:
+            text = tokenizer.apply_chat_template([{"role": "user", "content": row}], tokenize=False,
+                                                 add_generation_prompt=True)
+            return tokenizer(text, add_special_tokens=False)["input_ids"]
+        return tokenizer(row)["input_ids"]
+
+    def tokenizer(self) -> Any:
+        if self._tokenizer is None:
+            self._tokenizer = hf_tokenizer(self.folder)
+        return self._tokenizer
+
+    def _adapter_for(self, adapter: bool) -> Path | None:
+        if not adapter:
+            if self.merged:
+                raise ExportError(f"{self.folder} has the LoRA merged into its weights, so it has no base model "
+                                  "to answer with: export the run with adapters='switchable' for base answers.")
+            return None
+        return self.adapter
+
+    def stream(self, row: dict[str, Any] | str, max_new_tokens: int = 128, adapter: bool = True,
+               timing: Timing | None = None, examples: Sequence[dict[str, Any]] = ()) -> Iterator[str]:
+        """The greedy answer to one row, a token's text at a time."""
+        ids = self.prompt_ids(row, examples)
+        return onnx_model(self.folder).stream(ids, max_new_tokens, self._adapter_for(adapter), timing)
+
+    def predict(self, rows: Sequence[dict[str, Any] | str], max_new_tokens: int = 32,
+                adapter: bool = True) -> list[str]:
+        """Greedy answers to rows rendered with the run's prompt template (adapter=False: the base model)."""
+        return ["".join(self.stream(row, max_new_tokens, adapter)).strip() for row in rows]
+
+    def generate(self, prompt: dict[str, Any] | str, adapter: bool = True, stream: bool = False,
+                 max_new_tokens: int = 128) -> str | Iterator[str]:
+        pieces = self.stream(prompt, max_new_tokens, adapter)
+        return pieces if stream else "".join(pieces).strip()
+
+
+def export(run_or_dir: Any, precision: str = "int4", adapters: str = "switchable", output: str | Path | None = None,
+           device: str = "cpu", provider: str = "CPUExecutionProvider", on_phase: Phase | None = None) -> Export:
+    """Export a run (its object, name or folder) to ONNX for onnxruntime-genai and return the Export.
+
+    Whatever is on disk and current already (the base model, the adapter) is reused, not rebuilt.
+    `output` is the exports folder (default ./onnx), or one base model's folder to add the adapter to.
+    """
+    run = exportable(run_or_dir, precision, adapters, device, provider)
+    phase = on_phase or (lambda text: None)
+    started = time.perf_counter()
+    if adapters == "merged":
+        folder = _merged(run, precision, Path(output or store.EXPORTS_DIR), phase)
+        return Export(folder, None, run, time.perf_counter() - started)
+    folder, adapter = _switchable(run, precision, Path(output or store.EXPORTS_DIR), phase)
+    return Export(folder, adapter, run, time.perf_counter() - started)
+
+
+def exportable(run_or_dir: Any, precision: str = "int4", adapters: str = "switchable", device: str = "cpu",
+               provider: str = "CPUExecutionProvider") -> Any:
+    """The run to export, once every option and the run itself are checked: each problem is one sentence."""
+    from slmnb.training.run import LIVE_STATUSES, TrainingRun, load_run
+
+    _check_choice("precision", precision, PRECISIONS)
+    _check_choice("adapters", adapters, ADAPTER_MODES)
+    if device != "cpu" or provider != "CPUExecutionProvider":
+        raise ExportError("slmnb exports for --device cpu with the CPUExecutionProvider only: drop those options.")
+    run = run_or_dir if isinstance(run_or_dir, TrainingRun) else load_run(run_or_dir)
+    if run.status in LIVE_STATUSES:
+        raise ExportError(f"Run {run.name!r} is still training: wait for it (run.wait()) or stop it, then export.")
+    if not run.output_path.is_dir():
+        raise ExportError(f"Run {run.name!r} has no saved {'model' if run.config.method == 'full' else 'adapter'} "
+                          f"(status {run.status}): resume it (slmnb.finetune(name={run.name!r}, resume=True)) and "
+                          "let it finish or stop, then export.")
+    if adapters == "switchable" and run.config.method == "full":
+        raise ExportError(f"Run {run.name!r} fine-tuned the whole model, so there is no adapter to switch: export "
+                          "it with adapters='merged'.")
+    return run
+
+
+def _check_choice(option: str, value: str, choices: Sequence[str]) -> None:
+    if value not in choices:
+        raise ExportError(f"{option} {value!r} is not supported: use one of {', '.join(choices)}.")
+
+
+def _switchable(run: Any, precision: str, output: Path, phase: Phase) -> tuple[Path, Path]:
+    from slmnb.models import model_folder
+
+    phase("reading the adapter")
+    weights = peft_weights(run.output_path)
+    base_model = run.config.model_name_or_path
+    if (output / store.MANIFEST).is_file():
+        folder = output  # an existing base model's folder: the adapter joins it if it fits
+    else:
+        folder = output / store.base_folder_name(base_model, precision, weights)
+    manifest = store.read_json(folder / store.MANIFEST)
+    if manifest is None:
+        hf_dir = Path(model_folder(base_model))
+        layers = int(json.loads((hf_dir / "config.json").read_text(encoding="utf-8"))["num_hidden_layers"])
+
+        def build(tmp: Path) -> None:
+            raw = tmp / ".builder-output"
+            run_builder(hf_dir, raw, precision, adapter_dir=run.output_path, keep_float=lora_nodes(layers),
+                        layers=layers, on_phase=phase, log_path=tmp / "builder.log")
+            phase("making the LoRA inputs switchable")
+            inputs = make_switchable(raw / "model.onnx", tmp)
+            for item in raw.iterdir():
+                if item.is_file() and not item.name.startswith("model.onnx"):
+                    shutil.copy2(item, tmp / item.name)
+            shutil.rmtree(raw)
+            store.write_json(tmp / store.MANIFEST, {
+                "format": store.FORMAT, "kind": "base", "base_model": base_model, "precision": precision,
+                "quantization": _quantization(precision), "lora_inputs": inputs, "created": time.time(),
+                "builder": _builder_version()})
+
+        build_folder_once(folder, build)
+        manifest = store.read_json(folder / store.MANIFEST) or {}
+    elif manifest.get("kind") != "base":
+        raise ExportError(f"{folder} is a merged model, which takes no adapters: export to an exports folder.")
+    what, base = f"Run {run.name!r}", f"{folder.name} (an export of {manifest.get('base_model')})"
+    if manifest.get("base_model") != base_model:
+        raise ExportError(f"{what} was trained on {base_model}, but {base} is another base model: export it "
+                          "to another output folder.")
+    if manifest.get("precision") != precision:
+        raise ExportError(f"{base} is {manifest.get('precision')}, not {precision}: export to another output folder.")
+    check_fits(weights, manifest["lora_inputs"], what, base)
+    return folder, _adapter_file(run, folder, weights, phase)
+
+
+def _adapter_file(run: Any, folder: Path, weights: dict[str, Any], phase: Phase) -> Path:
+    """The run's `.onnx_adapter` in the base folder, converted again only when the run's adapter changed."""
+    path = folder / "adapters" / f"{store.slug(run.name)}.onnx_adapter"
+    meta_path = path.with_suffix(".json")
+    digest = store.file_digest(run.output_path / "adapter_model.safetensors")
+    meta = store.read_json(meta_path)
+    if meta and meta.get("digest") == digest and path.is_file():
+        return path
+    phase("writing the adapter")
+    started = time.perf_counter()
+    write_adapter(weights, path)
+    rank = next(array.shape[1] for name, array in weights.items() if ".lora_A." in name)
+    store.write_json(meta_path, {"run": run.name, "run_dir": str(run.dir.resolve()), "rank": rank,
+                                 "digest": digest, "created": time.time(),
+                                 "seconds": round(time.perf_counter() - started, 3)})
+    return path
+
+
+def _merged(run: Any, precision: str, output: Path, phase: Phase) -> Path:
+    from slmnb.models import load_model, load_tokenizer, model_folder
+
+    source = run.output_path / ("model.safetensors" if run.config.method == "full" else "adapter_model.safetensors")
+    digest = store.file_digest(source) if source.is_file() else str(run.output_path.stat().st_mtime)
+    folder = output / store.merged_folder_name(run.name, precision)
+    manifest = store.read_json(folder / store.MANIFEST)
+    if manifest and manifest.get("digest") == digest and manifest.get("format") == store.FORMAT:
+        return folder
+    tmp = folder.parent / f".{folder.name}.tmp-{int(time.time() * 1000)}"
+    try:
+        hf_dir = tmp / ".merged-weights"
+        phase("merging the LoRA into the weights")
+        if run.config.method == "full":
+            model = load_model(str(run.output_path))
+        else:
+            from peft import PeftModel
+
+            model = PeftModel.from_pretrained(load_model(run.config.model_name_or_path),
+                                              run.output_path).merge_and_unload()
+        model.save_pretrained(hf_dir)
+        load_tokenizer(run.config.model_name_or_path).save_pretrained(hf_dir)
+        layers = int(model.config.num_hidden_layers)
+        del model
+        run_builder(hf_dir, tmp, precision, layers=layers, on_phase=phase, log_path=tmp / "builder.log")
+        shutil.rmtree(hf_dir)
+        shutil.rmtree(tmp / ".builder-cache", ignore_errors=True)
+        store.write_json(tmp / store.MANIFEST, {
+            "format": store.FORMAT, "kind": "merged", "base_model": run.config.model_name_or_path,
+            "run": run.name, "precision": precision, "quantization": _quantization(precision), "digest": digest,
+            "created": time.time(), "builder": _builder_version(), "model_folder": model_folder(
+                run.config.model_name_or_path) if run.config.method != "full" else str(run.output_path)})
+        forget(folder)
+        replace_folder(tmp, folder)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return folder
+
+
+def _quantization(precision: str) -> str:
+    return {"int4": "k_quant int4 in blocks of 16, last MatMul int8", "int8": "int8", "fp32": "none"}[precision]
+
+
+def _builder_version() -> str:
+    from importlib.metadata import version
+
+    return f"onnxruntime-genai {version('onnxruntime-genai')}"
+
+
+def open_export(target: Any) -> Export:
+    """An Export for what a user hands over: an Export, a run (object, name or folder), or an ONNX folder."""
+    if isinstance(target, Export):
+        return target
+    if isinstance(target, str | Path) and (Path(target) / "genai_config.json").is_file():
+        return Export(Path(target))
+    return export(target)
+
+
+def generate(model_or_run: Any, prompt: dict[str, Any] | str, adapter: bool = True, stream: bool = True,
+             max_new_tokens: int = 128) -> str | Iterator[str]:
+    """Greedy generation with onnxruntime-genai: the text, or its pieces as they come with stream=True.
+
+    `model_or_run` is an Export, an ONNX folder, or a run (exported first with the defaults if it is not yet).
+    """
+    return open_export(model_or_run).generate(prompt, adapter=adapter, stream=stream, max_new_tokens=max_new_tokens)

@@ -1,0 +1,233 @@
+"""ONNX export on the tiny model: logits against PyTorch, the adapter file, reuse, bad input, compare, magics."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import slmnb
+from slmnb.errors import ExportError, RunError
+
+PROMPT = "The quick brown fox jumps over the lazy dog, and then"
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """A tiny all-linear LoRA run on tones, exported as fp32 and as int4 (the default), in one folder."""
+    folder = tmp_path_factory.mktemp("export")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(folder)
+        run = slmnb.finetune(model_name_or_path="tiny-llama", data_name="tones", name="tuned", max_steps=8,
+                             target_modules="all-linear", learning_rate=5e-3, per_device_train_batch_size=8,
+                             precision="fp32", eval_steps=8).wait()
+        fp32 = slmnb.export(run, precision="fp32")
+        int4 = slmnb.export(run)
+        yield {"folder": folder, "run": run, "fp32": fp32, "int4": int4}
+
+
+@pytest.fixture
+def inside(exported: dict, monkeypatch: pytest.MonkeyPatch) -> dict:
+    monkeypatch.chdir(exported["folder"])
+    return exported
+
+
+def onnx_logits(export_folder: Path, ids: list[int], adapter: dict | None = None) -> np.ndarray:
+    """Logits of one forward pass through the exported graph, with the adapter's weights fed as inputs."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3  # the LoRA inputs with defaults draw a warning per input
+    session = ort.InferenceSession(str(export_folder / "model.onnx"), options, providers=["CPUExecutionProvider"])
+    decoder = json.loads((export_folder / "genai_config.json").read_text())["model"]["decoder"]
+    feeds = {"input_ids": np.array([ids], dtype=np.int64), "attention_mask": np.ones((1, len(ids)), dtype=np.int64)}
+    empty = np.zeros((1, decoder["num_key_value_heads"], 0, decoder["head_size"]), dtype=np.float32)
+    for item in session.get_inputs():
+        if item.name.startswith("past_key_values"):
+            feeds[item.name] = empty
+    return session.run(["logits"], {**feeds, **(adapter or {})})[0][0]
+
+
+def torch_logits(run, ids: list[int]) -> tuple[np.ndarray, np.ndarray]:
+    """PyTorch logits of the base model and of the fine-tune."""
+    import torch
+    from peft import PeftModel
+
+    from slmnb.models import load_model
+
+    model = PeftModel.from_pretrained(load_model("tiny-llama"), run.output_path).eval()
+    with torch.no_grad():
+        tuned = model(input_ids=torch.tensor([ids])).logits[0].numpy()
+        with model.disable_adapter():
+            base = model(input_ids=torch.tensor([ids])).logits[0].numpy()
+    return base, tuned
+
+
+def prompt_ids() -> list[int]:
+    from slmnb.models import load_tokenizer
+
+    return load_tokenizer("tiny-llama")(PROMPT)["input_ids"]
+
+
+def test_fp32_logits_match_pytorch_without_and_with_the_adapter(inside) -> None:
+    from slmnb.opt.adapters import read_adapter
+
+    ids = prompt_ids()
+    base, tuned = torch_logits(inside["run"], ids)
+    assert np.abs(tuned - base).max() > 0.05  # the adapter matters, so matching both means something
+    ex = inside["fp32"]
+    assert np.abs(onnx_logits(ex.folder, ids) - base).max() < 1e-4
+    assert np.abs(onnx_logits(ex.folder, ids, read_adapter(ex.adapter)) - tuned).max() < 1e-4
+
+
+def test_int4_logits_follow_pytorch_and_the_adapter_still_steers(inside) -> None:
+    """int4 is lossy, and most on a random model: measured here, logits correlate 0.90 with PyTorch's and the
+    adapter's change to them 0.82. The bounds below leave room for that and fail on a broken graph or adapter
+    (a wrong transpose or scale drops the adapter correlation near 0). Greedy agreement of int4 answers with
+    PyTorch's is checked on the embedded model, where it means something (tests/test_quality.py)."""
+    from slmnb.opt.adapters import read_adapter
+
+    ids = prompt_ids()
+    base, tuned = torch_logits(inside["run"], ids)
+    ex = inside["int4"]
+    got_base = onnx_logits(ex.folder, ids)
+    got_tuned = onnx_logits(ex.folder, ids, read_adapter(ex.adapter))
+    for got, reference in ((got_base, base), (got_tuned, tuned)):
+        assert np.corrcoef(got.ravel(), reference.ravel())[0, 1] > 0.8
+    steer = np.corrcoef((got_tuned - got_base).ravel(), (tuned - base).ravel())[0, 1]
+    assert steer > 0.6
+
+
+def test_the_adapter_file_holds_the_runs_lora_transposed_and_scaled(inside) -> None:
+    from safetensors.torch import load_file
+
+    from slmnb.opt.adapters import read_adapter
+
+    ex = inside["fp32"]
+    weights = read_adapter(ex.adapter)
+    peft = load_file(str(inside["run"].output_path / "adapter_model.safetensors"))
+    a = peft["base_model.model.model.layers.1.mlp.down_proj.lora_A.weight"].numpy()
+    b = peft["base_model.model.model.layers.1.mlp.down_proj.lora_B.weight"].numpy()
+    scale = inside["run"].config.lora_alpha / inside["run"].config.lora_r
+    np.testing.assert_array_equal(weights["model.layers.1.mlp.down_proj.lora_A.MatMul.weight"], a.T)
+    np.testing.assert_allclose(weights["model.layers.1.mlp.down_proj.lora_B.MatMul.weight"], b.T * scale, rtol=1e-6)
+    assert len(weights) == 2 * 7 * 2  # A and B, seven projections, two layers
+    meta = json.loads(ex.adapter.with_suffix(".json").read_text())
+    assert meta["run"] == "tuned" and meta["rank"] == 8
+
+
+def test_export_predict_matches_pytorch_predict(inside) -> None:
+    rows = [{"phrase": "My dog ran away this morning."}, {"phrase": "We won the lottery!"}]
+    run, ex = inside["run"], inside["fp32"]
+    assert ex.predict(rows, max_new_tokens=5) == run.predict(rows, max_new_tokens=5)
+    assert ex.predict(rows, max_new_tokens=5, adapter=False) == run.predict(rows, max_new_tokens=5, adapter=False)
+    pieces = list(slmnb.generate(ex, "I lost my keys", max_new_tokens=4))
+    assert len(pieces) == 4 and "".join(pieces).strip() == ex.predict(["I lost my keys"], max_new_tokens=4)[0]
+
+
+def test_exporting_again_reuses_everything_and_a_second_run_only_adds_its_adapter(inside) -> None:
+    ex = inside["fp32"]
+    built = (ex.folder / "model.onnx").stat().st_mtime_ns
+    adapter = ex.adapter.stat().st_mtime_ns
+    again = slmnb.export("tuned", precision="fp32")
+    assert again.folder == ex.folder and again.adapter.stat().st_mtime_ns == adapter
+    other = slmnb.finetune(inside["run"].config.to_dict(), name="tuned-again", max_steps=2, seed=7).wait()
+    second = slmnb.export(other, precision="fp32")
+    assert second.folder == ex.folder and (ex.folder / "model.onnx").stat().st_mtime_ns == built
+    assert second.adapter.name == "tuned-again.onnx_adapter"
+    listed = {e.folder.name: [a["run"] for a in e.adapters] for e in slmnb.list_exports()}
+    assert listed[ex.folder.name] == ["tuned", "tuned-again"]
+    ids = prompt_ids()
+    from slmnb.opt.adapters import read_adapter
+
+    one, two = (onnx_logits(ex.folder, ids, read_adapter(p)) for p in (ex.adapter, second.adapter))
+    assert np.abs(one - two).max() > 1e-3  # two adapters, two different models from one base
+
+
+def test_merged_export_is_the_fine_tune(inside) -> None:
+    ex = slmnb.export("tuned", precision="fp32", adapters="merged")
+    assert ex.merged and ex.adapter is None and ex.folder.name == "tuned-fp32-merged"
+    ids = prompt_ids()
+    _, tuned = torch_logits(inside["run"], ids)
+    assert np.abs(onnx_logits(ex.folder, ids) - tuned).max() < 1e-4
+    with pytest.raises(ExportError, match="merged into its weights"):
+        ex.predict(["hello"], adapter=False)
+
+
+def test_bad_inputs_get_one_sentence(inside, tmp_path) -> None:
+    with pytest.raises(RunError, match="No run called 'nosuch'"):
+        slmnb.export("nosuch")
+    with pytest.raises(ExportError, match=r"precision 'int3' is not supported: use one of int4, int8, fp32\."):
+        slmnb.export("tuned", precision="int3")
+    with pytest.raises(ExportError, match="cpu"):
+        slmnb.export("tuned", device="gpu")
+    # A run whose adapter is gone (a crash before the first save looks the same).
+    shutil.copytree("runs/tuned", "runs/no-adapter", ignore=shutil.ignore_patterns("adapter"))
+    config = Path("runs/no-adapter/config.yaml")
+    config.write_text(config.read_text().replace("name: tuned", "name: no-adapter"))
+    with pytest.raises(ExportError, match="'no-adapter' has no saved adapter"):
+        slmnb.export("no-adapter")
+    # An adapter trained on another base model, sent to the tiny model's base folder.
+    manifest = inside["fp32"].folder / "slmnb-export.json"
+    other = tmp_path / "other-base"
+    shutil.copytree(inside["fp32"].folder, other)
+    data = json.loads(manifest.read_text())
+    (other / "slmnb-export.json").write_text(json.dumps({**data, "base_model": "smollm2-135m-instruct"}))
+    with pytest.raises(ExportError, match="trained on tiny-llama, but other-base .* is another base model"):
+        slmnb.export("tuned", precision="fp32", output=other)
+
+
+def test_an_adapter_of_another_shape_does_not_fit() -> None:
+    from slmnb.opt.adapters import RANK_DIM, check_fits
+
+    inputs = {"model.layers.0.attn.q_proj.lora_A.MatMul.weight": [64, RANK_DIM]}
+    with pytest.raises(ExportError, match="trained on another base model"):
+        check_fits({"model.layers.0.attn.q_proj.lora_A.MatMul.weight": np.zeros((576, 8))}, inputs, "run x", "base")
+    with pytest.raises(ExportError, match="has no LoRA input for"):
+        check_fits({"model.layers.9.attn.q_proj.lora_A.MatMul.weight": np.zeros((64, 8))}, inputs, "run x", "base")
+
+
+def test_compare_puts_base_run_and_few_shot_side_by_side(inside) -> None:
+    comparison = slmnb.compare("tuned", prompts=["I lost my keys", "We won!"], max_new_tokens=4, few_shot=2,
+                               evaluate=True)
+    assert [c.title for c in comparison.columns] == ["base model", "tuned", "base, 2-shot"]
+    assert all(len(c.answers) == 2 and all(c.answers) for c in comparison.columns)
+    assert all(c.tokens_per_second > 0 and c.first_token > 0 for c in comparison.columns)
+    run_column = comparison.columns[1]
+    assert run_column.answers == inside["int4"].predict(["I lost my keys", "We won!"], max_new_tokens=4)
+    assert run_column.accuracy is not None and run_column.agreement is not None
+    assert comparison.columns[2].agreement is None  # few-shot has no PyTorch twin
+    text = str(comparison)
+    assert "test accuracy (ONNX)" in text and "I lost my keys" in text
+
+
+def test_opt_magic_exports_lists_and_compares(inside, ip) -> None:
+    from IPython.core.error import UsageError
+
+    job = ip.run_line_magic("opt", "export tuned --precision fp32 --wait")
+    assert job.result.folder == inside["fp32"].folder
+    table = ip.run_line_magic("opt", "adapters")
+    assert "tuned" in repr(table) and "fp32" in repr(table)
+    view = ip.run_line_magic("opt", "compare tuned --max_new_tokens 3 --wait")
+    assert view.comparison.status == "done" and len(view.comparison.columns) == 2
+    with pytest.raises(UsageError, match="No run called 'nosuch'"):
+        ip.run_line_magic("opt", "export nosuch")
+    with pytest.raises(UsageError, match="has no subcommand 'frobnicate'"):
+        ip.run_line_magic("opt", "frobnicate")
+    with pytest.raises(UsageError, match="invalid choice: 'int3'"):
+        ip.run_line_magic("opt", "export tuned --precision int3")
+
+
+def test_cli_export(inside) -> None:
+    done = subprocess.run([sys.executable, "-m", "slmnb.cli", "export", "tuned", "--precision", "fp32"],
+                          capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr
+    assert f"exported to onnx/{inside['fp32'].folder.name}" in done.stdout
+    bad = subprocess.run([sys.executable, "-m", "slmnb.cli", "export", "nosuch"], capture_output=True, text=True,
+                         check=False)
+    assert bad.returncode == 2 and bad.stderr.startswith("error: No run called 'nosuch'")
