@@ -121,9 +121,10 @@ def main() -> None:
         convert.append(time.perf_counter() - start)
 
     # 2. generation speed
-    from peft import PeftModel
+    from slmnb.models import load_model, load_tokenizer, quiet_libraries
 
-    from slmnb.models import load_model, load_tokenizer
+    quiet_libraries()  # before peft pulls in bitsandbytes, which warns about an optional hub kernel
+    from peft import PeftModel
 
     tokenizer = load_tokenizer(run.config.model_name_or_path)
     model = PeftModel.from_pretrained(load_model(run.config.model_name_or_path), run.output_path).eval()

@@ -231,3 +231,17 @@ def test_cli_export(inside) -> None:
     bad = subprocess.run([sys.executable, "-m", "slmnb.cli", "export", "nosuch"], capture_output=True, text=True,
                          check=False)
     assert bad.returncode == 2 and bad.stderr.startswith("error: No run called 'nosuch'")
+
+
+def test_a_failed_build_is_one_sentence_with_the_builders_own_lines(tmp_path) -> None:
+    from slmnb.opt.builder import run_builder
+
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "config.json").write_text('{"model_type": "nosucharch"}')
+    log = tmp_path / "builder.log"
+    with pytest.raises(ExportError) as failure:
+        run_builder(tmp_path / "model", tmp_path / "out", "fp32", log_path=log)
+    message = str(failure.value)
+    assert message.startswith("The ONNX model builder failed (exit code 1): ")
+    assert "nosucharch" in message and str(log) in message and "\n" not in message
+    assert "Traceback" in log.read_text()

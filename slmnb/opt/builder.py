@@ -7,6 +7,7 @@ progress it gives, so the phases are read from the lines it prints.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -32,14 +33,28 @@ _ERROR_LINE = re.compile(r"(Error|Exception|error:|Traceback|not supported|Kille
 def quant_options(precision: str) -> list[str]:
     """The builder's extra options for a precision.
 
-    int4 is k_quant in blocks of 16 with the last MatMul (the output layer) in int8. Measured on the demo's
-    fine-tune (tones test split, PyTorch 97.9%): blocks of 32 kept 93.8% with 91.7% agreement, blocks of 16
-    95.8% with 93.8% (123 MB instead of 104 MB, 44 s instead of 38 s to export). Plain round-to-nearest int4
-    halved a fine-tune's accuracy in RECIPES' measurements.
+    int4 is k_quant (blocks of 32) with the last MatMul, the output layer, in int8: plain round-to-nearest int4
+    halved a fine-tune's accuracy in RECIPES' measurements. Blocks of 16 kept two more of 48 test answers on the
+    demo's fine-tune but generated at 0.73x the speed and took 9 s longer to export (BENCHMARKS.md).
     """
     if precision == "int4":
-        return ["algo_config=k_quant", "matmul_mixed_precision=last_matmul:int8", "block_size=16"]
+        return ["algo_config=k_quant", "matmul_mixed_precision=last_matmul:int8"]
     return []
+
+
+def use_one_thread_if_small(folder: Path, parameters: float) -> None:
+    """Decode a small model on one core.
+
+    Generating with a 135M model is bound by latency, not arithmetic: on the 2-core machines one thread gave 94
+    tokens/s against 85 with two, and the same time on prompt-heavy evaluation, while leaving a core to the notebook
+    kernel or a training run. Larger models keep onnxruntime's default of every core.
+    """
+    if parameters > 1e9:
+        return
+    path = folder / "genai_config.json"
+    config = json.loads(path.read_text(encoding="utf-8"))
+    config["model"]["decoder"].setdefault("session_options", {})["intra_op_num_threads"] = 1
+    path.write_text(json.dumps(config, indent=4), encoding="utf-8")
 
 
 def run_builder(hf_dir: str | Path, out: Path, precision: str, *, adapter_dir: Path | None = None,

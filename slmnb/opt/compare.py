@@ -93,7 +93,7 @@ class Comparison:
                     notify(self, "cell")
             if evaluate:
                 self._evaluate(notify)
-            self.status = "done"
+            self.status = "stopped" if self._stop.is_set() else "done"
         except BaseException as exc:
             self.error, self.status = exc, "failed"
             raise
@@ -181,6 +181,9 @@ def prepare(runs: Sequence[Any], prompts: Sequence[dict[str, Any] | str] | str |
     test_rows = splits.get("test", [])
     if evaluate and not test_rows:
         raise ExportError(f"Run {first.run.name!r} has no test split to evaluate on: its data needs a 'test' split.")
+    if evaluate and not first.run.config.response_template:
+        raise ExportError(f"evaluate scores answers against the response_template, and run {first.run.name!r} has "
+                          "none: compare without evaluate.")
     columns = [Column("base model", first, adapter=False)]
     columns += [Column(e.run.name, e, adapter=True, run=e.run) for e in exports]
     if few_shot:

@@ -18,7 +18,7 @@ from typing import Any
 from slmnb.errors import ExportError
 from slmnb.opt import store
 from slmnb.opt.adapters import check_fits, lora_nodes, make_switchable, peft_weights, write_adapter
-from slmnb.opt.builder import run_builder
+from slmnb.opt.builder import run_builder, use_one_thread_if_small
 from slmnb.opt.runtime import Timing, forget, hf_tokenizer, onnx_model
 from slmnb.paths import build_folder_once, replace_folder
 
@@ -157,7 +157,7 @@ def _switchable(run: Any, precision: str, output: Path, phase: Phase) -> tuple[P
     manifest = store.read_json(folder / store.MANIFEST)
     if manifest is None:
         hf_dir = Path(model_folder(base_model))
-        layers = int(json.loads((hf_dir / "config.json").read_text(encoding="utf-8"))["num_hidden_layers"])
+        layers, parameters = _size(hf_dir)
 
         def build(tmp: Path) -> None:
             raw = tmp / ".builder-output"
@@ -169,6 +169,7 @@ def _switchable(run: Any, precision: str, output: Path, phase: Phase) -> tuple[P
                 if item.is_file() and not item.name.startswith("model.onnx"):
                     shutil.copy2(item, tmp / item.name)
             shutil.rmtree(raw)
+            use_one_thread_if_small(tmp, parameters)
             store.write_json(tmp / store.MANIFEST, {
                 "format": store.FORMAT, "kind": "base", "base_model": base_model, "precision": precision,
                 "quantization": _quantization(precision), "lora_inputs": inputs, "created": time.time(),
@@ -228,9 +229,10 @@ def _merged(run: Any, precision: str, output: Path, phase: Phase) -> Path:
                                               run.output_path).merge_and_unload()
         model.save_pretrained(hf_dir)
         load_tokenizer(run.config.model_name_or_path).save_pretrained(hf_dir)
-        layers = int(model.config.num_hidden_layers)
         del model
+        layers, parameters = _size(hf_dir)
         run_builder(hf_dir, tmp, precision, layers=layers, on_phase=phase, log_path=tmp / "builder.log")
+        use_one_thread_if_small(tmp, parameters)
         shutil.rmtree(hf_dir)
         shutil.rmtree(tmp / ".builder-cache", ignore_errors=True)
         store.write_json(tmp / store.MANIFEST, {
@@ -245,8 +247,16 @@ def _merged(run: Any, precision: str, output: Path, phase: Phase) -> Path:
     return folder
 
 
+def _size(hf_dir: Path) -> tuple[int, float]:
+    """Layers, and roughly how many parameters the decoder has (for picking generation threads)."""
+    config = json.loads((hf_dir / "config.json").read_text(encoding="utf-8"))
+    layers, hidden = int(config["num_hidden_layers"]), int(config["hidden_size"])
+    inner = int(config.get("intermediate_size", 4 * hidden))
+    return layers, layers * (4 * hidden * hidden + 3 * hidden * inner) + config.get("vocab_size", 0) * hidden
+
+
 def _quantization(precision: str) -> str:
-    return {"int4": "k_quant int4 in blocks of 16, last MatMul int8", "int8": "int8", "fp32": "none"}[precision]
+    return {"int4": "k_quant int4 in blocks of 32, last MatMul int8", "int8": "int8", "fp32": "none"}[precision]
 
 
 def _builder_version() -> str:
