@@ -42,10 +42,15 @@ def model_folder(name_or_path: str) -> str:
 
 
 def load_tokenizer(name_or_path: str) -> Any:
+    return open_tokenizer(model_folder(name_or_path))
+
+
+def open_tokenizer(folder: str | Path) -> Any:
+    """The tokenizer saved in a folder (a model's, or an ONNX export's), with a pad token."""
     quiet_libraries()
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(model_folder(name_or_path))
+    tokenizer = AutoTokenizer.from_pretrained(str(folder))
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer

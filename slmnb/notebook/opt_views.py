@@ -37,41 +37,69 @@ class LiveHTML:
             self.output.update({"text/html": html, "text/plain": text})
 
 
-class ExportJob:
-    """An export running in a background thread, showing its phase and elapsed time; wait() gives the Export."""
+class Background:
+    """Work in a daemon thread, shown by a live view; wait() gives its result or raises its error."""
 
-    def __init__(self, run: Any, options: dict[str, Any]) -> None:
-        self.run, self.name, self.options = run, run.name, options
+    def __init__(self, thread_name: str) -> None:
         self.phase, self.result, self.error = "starting", None, None
         self._started = time.perf_counter()
         self.view = LiveHTML(*self._render())
-        self._thread = threading.Thread(target=self._work, daemon=True, name=f"slmnb-export-{self.name}")
-        # A ticker keeps the clock moving during the builder's long quantization phase, which prints nothing.
-        self._ticker = threading.Thread(target=self._tick, daemon=True, name=f"slmnb-export-clock-{self.name}")
+        self._thread = threading.Thread(target=self._run, daemon=True, name=thread_name)
         self._thread.start()
-        self._ticker.start()
 
-    def _work(self) -> None:
-        from slmnb.opt.export import export
-
+    def _run(self) -> None:
         try:
-            self.result = export(self.run, on_phase=self._on_phase, **self.options)
-        except BaseException as exc:
+            self.result = self._work()
+        except BaseException as exc:  # shown in the view, and raised again by wait()
             self.error = exc
         self.view.draw(*self._render(), final=True)
+
+    def _work(self) -> Any:
+        raise NotImplementedError
+
+    def _render(self) -> tuple[str, str]:
+        raise NotImplementedError
+
+    def _elapsed(self) -> str:
+        return clock(time.perf_counter() - self._started)
+
+    @property
+    def done(self) -> bool:
+        return not self._thread.is_alive()
+
+    def wait(self, timeout: float | None = None) -> Any:
+        """Block until the work ends (or timeout seconds pass); returns its result, or raises its error."""
+        self._thread.join(timeout)
+        if self.error is not None:
+            raise self.error
+        return self.result
+
+
+class ExportJob(Background):
+    """An export in a background thread, showing its phase and elapsed time; wait() gives the Export."""
+
+    def __init__(self, run: Any, options: dict[str, Any]) -> None:
+        self.run, self.name, self.options = run, run.name, options
+        super().__init__(f"slmnb-export-{self.name}")
+        # A ticker keeps the clock moving during the builder's long quantization phase, which prints nothing.
+        threading.Thread(target=self._tick, daemon=True, name=f"slmnb-export-clock-{self.name}").start()
+
+    def _work(self) -> Any:
+        from slmnb.opt.export import export
+
+        return export(self.run, on_phase=self._on_phase, **self.options)
 
     def _on_phase(self, text: str) -> None:
         self.phase = text
         self.view.draw(*self._render())
 
     def _tick(self) -> None:
-        while self._thread.is_alive():
+        while not self.done:
             time.sleep(1.0)
-            if self._thread.is_alive():
+            if not self.done:
                 self.view.draw(*self._render())
 
     def _render(self) -> tuple[str, str]:
-        elapsed = clock(time.perf_counter() - self._started)
         if self.error is not None:
             text = f"Export of {self.name} failed: {self.error}"
             return f"<div style='color:#b00020'>{escape(text)}</div>", text
@@ -83,19 +111,8 @@ class ExportJob:
                 parts.append(f"adapter {ex.adapter} ({ex.adapter.stat().st_size / 1e6:.1f} MB)")
             text = "; ".join(parts)
             return f"<div>{escape(text)}</div>", text
-        text = f"Exporting {self.name} ({self.options.get('precision', 'int4')}): {self.phase}, {elapsed}"
+        text = f"Exporting {self.name} ({self.options.get('precision', 'int4')}): {self.phase}, {self._elapsed()}"
         return f"<div>{escape(text)}</div>", text
-
-    @property
-    def done(self) -> bool:
-        return not self._thread.is_alive()
-
-    def wait(self, timeout: float | None = None) -> Any:
-        """Block until the export ends; returns the Export, or raises the export's error."""
-        self._thread.join(timeout)
-        if self.error is not None:
-            raise self.error
-        return self.result
 
     def __repr__(self) -> str:
         return f"<ExportJob {self.name}: {'done' if self.done else self.phase}>"
@@ -126,29 +143,21 @@ class ExportsTable:
         return text_table(EXPORT_COLUMNS, self._cells())
 
 
-class ComparisonView:
+class ComparisonView(Background):
     """The side-by-side table, redrawn as tokens come. A background thread exports what is missing (showing
     the phase), then fills the table; wait() gives the Comparison."""
 
     def __init__(self, prepare: Callable[[Callable[[str], None]], Any], evaluate: bool) -> None:
         self.comparison: Any = None
-        self.phase, self.error = "starting", None
-        self._started = time.perf_counter()
-        self.view = LiveHTML(*self._render())
-        self._thread = threading.Thread(target=self._work, args=(prepare, evaluate), daemon=True,
-                                        name="slmnb-compare")
-        self._thread.start()
+        self._prepare, self._evaluate = prepare, evaluate
+        super().__init__("slmnb-compare")
 
-    def _work(self, prepare: Callable[[Callable[[str], None]], Any], evaluate: bool) -> None:
-        try:
-            self.comparison = prepare(self._on_phase)
-            self.comparison.fill(self._on_update, evaluate=evaluate)
-        except BaseException as exc:  # shown in the view, and raised again by wait()
-            self.error = exc
-        self.view.draw(*self._render(), final=True)
+    def _work(self) -> Any:
+        self.comparison = self._prepare(self._on_phase)
+        return self.comparison.fill(self._on_update, evaluate=self._evaluate)
 
     def _on_phase(self, text: str) -> None:
-        self.phase = f"exporting {text}, {clock(time.perf_counter() - self._started)}"
+        self.phase = f"exporting {text}, {self._elapsed()}"
         self.view.draw(*self._render())
 
     def _on_update(self, comparison: Any, what: str) -> None:
@@ -168,15 +177,9 @@ class ComparisonView:
         return html, text
 
     def stop(self) -> None:
+        """End the generation after the current token; the table keeps what was written."""
         if self.comparison is not None:
             self.comparison.stop()
-
-    def wait(self, timeout: float | None = None) -> Any:
-        """Block until the table is full; returns the Comparison, or raises what went wrong."""
-        self._thread.join(timeout)
-        if self.error is not None:
-            raise self.error
-        return self.comparison
 
     def __repr__(self) -> str:
         return repr(self.comparison) if self.comparison is not None else f"<comparison: {self.phase}>"

@@ -77,6 +77,7 @@ def run_builder(hf_dir: str | Path, out: Path, precision: str, *, adapter_dir: P
     # The input is always a local folder: the builder must never try the hub.
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error", "PYTHONUNBUFFERED": "1"}
     lines: list[str] = []
+    shown = None
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "w", encoding="utf-8") as log, subprocess.Popen(
             command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, bufsize=1) as child:
@@ -86,10 +87,10 @@ def run_builder(hf_dir: str | Path, out: Path, precision: str, *, adapter_dir: P
             # tqdm redraws with carriage returns: only the last state of a line is worth reading.
             line = raw.rstrip("\n").split("\r")[-1].strip()
             lines.append(line)
-            if on_phase is not None:
-                phase = _phase(line, layers)
-                if phase:
-                    on_phase(phase)
+            phase = _phase(line, layers)
+            if phase and phase != shown and on_phase is not None:
+                shown = phase
+                on_phase(phase)
         code = child.wait()
     if code != 0:
         raise ExportError(f"The ONNX model builder failed (exit code {code}): {relevant(lines)} "

@@ -40,7 +40,9 @@ class Column:
 
     @property
     def tokens_per_second(self) -> float:
-        tokens, seconds = sum(t.tokens for t in self.timings), sum(t.seconds for t in self.timings)
+        """Decode speed: tokens after the first, over the time after the first (time to first token is apart)."""
+        tokens = sum(t.tokens - 1 for t in self.timings if t.tokens > 1)
+        seconds = sum(t.decode_seconds for t in self.timings if t.tokens > 1)
         return tokens / seconds if seconds > 0 else 0.0
 
     @property
@@ -125,7 +127,7 @@ class Comparison:
 
     def summary_rows(self) -> list[list[str]]:
         """Speed per column, and the evaluation once it ran."""
-        rows = [["tokens/s, first token", *(f"{c.tokens_per_second:.0f} tok/s, {c.first_token * 1000:.0f} ms"
+        rows = [["tokens/s, first token", *(f"{_rate(c.tokens_per_second)}, {c.first_token * 1000:.0f} ms"
                                              for c in self.columns)]]
         if any(c.accuracy is not None for c in self.columns):
             rows.append(["test accuracy (ONNX)", *(_pct(c.accuracy) for c in self.columns)])
@@ -146,6 +148,10 @@ class Comparison:
     def __repr__(self) -> str:
         return (f"<Comparison of {len(self.columns)} columns on {len(self.prompts)} prompts: {self.status}; "
                 "print() it for the table>")
+
+
+def _rate(value: float) -> str:
+    return f"{value:.0f} tok/s" if value else "- tok/s"  # one-token answers have no decode speed
 
 
 def _pct(value: float | None) -> str:

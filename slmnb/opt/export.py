@@ -19,7 +19,7 @@ from slmnb.errors import ExportError
 from slmnb.opt import store
 from slmnb.opt.adapters import check_fits, lora_nodes, make_switchable, peft_weights, write_adapter
 from slmnb.opt.builder import run_builder, use_one_thread_if_small
-from slmnb.opt.runtime import Timing, forget, hf_tokenizer, onnx_model
+from slmnb.opt.runtime import Timing, forget, onnx_model
 from slmnb.paths import build_folder_once, replace_folder
 
 PRECISIONS = ("int4", "int8", "fp32")
@@ -72,7 +72,10 @@ class Export:
 
     def tokenizer(self) -> Any:
         if self._tokenizer is None:
-            self._tokenizer = hf_tokenizer(self.folder)
+            from slmnb.models import open_tokenizer
+
+            # The tokenizer the builder copied into the folder: prompts are encoded exactly as in training.
+            self._tokenizer = open_tokenizer(self.folder)
         return self._tokenizer
 
     def _adapter_for(self, adapter: bool) -> Path | None:

@@ -8,7 +8,6 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from slmnb.errors import ExportError
 
@@ -26,8 +25,13 @@ class Timing:
     seconds: float = 0.0
 
     @property
+    def decode_seconds(self) -> float:
+        """Time after the first token: tokens/s over it is the decode speed, unmixed with the prompt's cost."""
+        return self.seconds - (self.first_token or 0.0)
+
+    @property
     def tokens_per_second(self) -> float:
-        return self.tokens / self.seconds if self.seconds > 0 else 0.0
+        return (self.tokens - 1) / self.decode_seconds if self.tokens > 1 and self.decode_seconds > 0 else 0.0
 
 
 class OnnxModel:
@@ -109,16 +113,3 @@ def forget(folder: Path) -> None:
     """Drop a loaded model, before its folder is replaced."""
     with _loaded_lock:
         _loaded.pop(folder.resolve(), None)
-
-
-def hf_tokenizer(folder: Path) -> Any:
-    """The Hugging Face tokenizer the builder copied into the folder: prompts are encoded as in training."""
-    from transformers import AutoTokenizer
-
-    from slmnb.models import quiet_libraries
-
-    quiet_libraries()
-    tokenizer = AutoTokenizer.from_pretrained(str(folder))
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    return tokenizer
