@@ -169,36 +169,37 @@ def prepare(runs: Sequence[Any], prompts: Sequence[dict[str, Any] | str] | str |
         runs = [runs]
     if not runs:
         raise ExportError("Name at least one run to compare with its base model.")
-    exports = []
-    for item in runs:
-        if isinstance(item, Export):
-            exports.append(item)
-            continue
-        run = item if isinstance(item, TrainingRun) else load_run(item)
-        exports.append(export(run, on_phase=(lambda text, name=run.name: on_phase(f"{name}: {text}"))
-                              if on_phase else None))
-    if any(e.run is None for e in exports):
+    # Everything that can be wrong is checked before the first export, which takes most of a minute.
+    trained = [item.run if isinstance(item, Export) else item if isinstance(item, TrainingRun) else load_run(item)
+               for item in runs]
+    if any(run is None for run in trained):
         raise ExportError("compare needs runs (or their exports), whose prompt templates it uses.")
+    config = trained[0].config
+    splits = read_splits(config)
+    test_rows = splits.get("test", [])
+    if evaluate and not test_rows:
+        raise ExportError(f"Run {trained[0].name!r} has no test split to evaluate on: its data needs a 'test' split.")
+    if evaluate and not config.response_template:
+        raise ExportError(f"evaluate scores answers against the response_template, and run {trained[0].name!r} has "
+                          "none: compare without evaluate.")
+    train = list(splits.get("train", []))
+    if len(train) < few_shot:
+        raise ExportError(f"few_shot={few_shot} needs that many training rows; the run has {len(train)}.")
+    rows = _prompts(prompts, test_rows or train)
+
+    exports = [item if isinstance(item, Export) else export(
+        run, on_phase=(lambda text, name=run.name: on_phase(f"{name}: {text}")) if on_phase else None)
+        for item, run in zip(runs, trained, strict=True)]
     first = exports[0]
     if first.merged:
         raise ExportError(f"{first.folder} is a merged export with no base model inside: compare runs exported "
                           "with adapters='switchable'.")
-    splits = read_splits(first.run.config)
-    test_rows = splits.get("test", [])
-    if evaluate and not test_rows:
-        raise ExportError(f"Run {first.run.name!r} has no test split to evaluate on: its data needs a 'test' split.")
-    if evaluate and not first.run.config.response_template:
-        raise ExportError(f"evaluate scores answers against the response_template, and run {first.run.name!r} has "
-                          "none: compare without evaluate.")
     columns = [Column("base model", first, adapter=False)]
     columns += [Column(e.run.name, e, adapter=True, run=e.run) for e in exports]
     if few_shot:
-        train = list(splits.get("train", []))
-        if len(train) < few_shot:
-            raise ExportError(f"few_shot={few_shot} needs that many training rows; the run has {len(train)}.")
         examples = random.Random(0).sample(train, few_shot)
         columns.append(Column(f"base, {few_shot}-shot", first, adapter=False, examples=examples))
-    return Comparison(_prompts(prompts, test_rows or splits.get("train", [])), columns, test_rows, max_new_tokens)
+    return Comparison(rows, columns, test_rows, max_new_tokens)
 
 
 def _prompts(prompts: Sequence[dict[str, Any] | str] | str | Path | None,

@@ -48,7 +48,7 @@ class Export:
 
     @property
     def size_mb(self) -> float:
-        return sum(f.stat().st_size for f in self.folder.glob("model.onnx*")) / 1e6
+        return store.model_size_mb(self.folder)
 
     def __repr__(self) -> str:
         what = f"run {self.run.name!r}" if self.run is not None else "model"

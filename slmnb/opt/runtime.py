@@ -96,9 +96,6 @@ class OnnxModel:
                     break  # the end-of-text token itself is not text
                 yield decoder.decode(token)
 
-    def answer(self, ids: list[int], max_new_tokens: int, adapter: Path | None = None) -> str:
-        return "".join(self.stream(ids, max_new_tokens, adapter)).strip()
-
 
 def onnx_model(folder: Path) -> OnnxModel:
     """The loaded model of a folder, loaded once per process."""

@@ -73,7 +73,12 @@ class Listed:
 
     @property
     def size_mb(self) -> float:
-        return sum(f.stat().st_size for f in self.folder.glob("model.onnx*")) / 1e6
+        return model_size_mb(self.folder)
+
+
+def model_size_mb(folder: Path) -> float:
+    """The ONNX graph and its weights, in MB."""
+    return sum(f.stat().st_size for f in folder.glob("model.onnx*")) / 1e6
 
 
 def list_exports(root: str | Path | None = None) -> list[Listed]:
