@@ -16,7 +16,8 @@ USAGE = """%opt export RUN [--precision int4|int8|fp32] [--adapters switchable|m
     The base models, merged models and adapters in the exports folder (default ./onnx).
 %opt compare RUN [RUN ...] [--prompts FILE] [--eval] [--max_new_tokens N] [--few-shot K] [--wait]
     The base model and each run answering the same prompts side by side, streaming; --eval adds test-split
-    accuracy per column and how often the ONNX answers agree with PyTorch's."""
+    accuracy per column and how often the ONNX answers agree with PyTorch's. `view = %opt compare ...` keeps it
+    (view.wait() gives the Comparison, view.stop() ends the generation)."""
 
 
 def _parser(command: str, add: Callable[[argparse.ArgumentParser], None]) -> OptionParser:
