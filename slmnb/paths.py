@@ -39,13 +39,18 @@ def build_folder_once(target: Path, build: Callable[[Path], None]) -> Path:
     with file_lock(target.parent / f".{target.name}.lock"):
         if target.is_dir():
             return target
-        tmp = target.parent / f".{target.name}.tmp-{uuid.uuid4().hex[:8]}"
+        tmp = temp_sibling(target)
         try:
             build(tmp)
             os.rename(tmp, target)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
     return target
+
+
+def temp_sibling(target: Path) -> Path:
+    """Where a file or folder is written before it gets its name: hidden, so nothing picks up a half-written one."""
+    return target.parent / f".{target.name}.tmp-{uuid.uuid4().hex[:8]}"
 
 
 def replace_folder(tmp: Path, target: Path) -> None:
@@ -59,6 +64,6 @@ def replace_folder(tmp: Path, target: Path) -> None:
 
 def write_text_atomic(path: Path, text: str) -> None:
     """Write a file via a temp file and rename, so readers see the old or the new content, never half."""
-    tmp = path.parent / f".{path.name}.tmp-{uuid.uuid4().hex[:8]}"
+    tmp = temp_sibling(path)
     tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, path)

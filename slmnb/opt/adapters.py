@@ -13,11 +13,11 @@ import json
 import math
 import os
 import re
-import uuid
 from pathlib import Path
 from typing import Any
 
 from slmnb.errors import ExportError
+from slmnb.paths import temp_sibling
 
 RANK_DIM = "lora_rank"
 # The builder's node and weight names for the projections of a Llama-style decoder layer.
@@ -127,7 +127,7 @@ def write_adapter(weights: dict[str, Any], path: Path) -> None:
     adapter.set_adapter_version(1)
     adapter.set_model_version(1)
     adapter.set_parameters(values)
-    tmp = path.parent / f".{path.name}.tmp-{uuid.uuid4().hex[:8]}"
+    tmp = temp_sibling(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
         adapter.export_adapter(str(tmp))

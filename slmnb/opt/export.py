@@ -20,7 +20,7 @@ from slmnb.opt import store
 from slmnb.opt.adapters import check_fits, lora_nodes, make_switchable, peft_weights, write_adapter
 from slmnb.opt.builder import run_builder, use_one_thread_if_small
 from slmnb.opt.runtime import Timing, forget, onnx_model
-from slmnb.paths import build_folder_once, replace_folder
+from slmnb.paths import build_folder_once, replace_folder, temp_sibling
 
 PRECISIONS = ("int4", "int8", "fp32")
 ADAPTER_MODES = ("switchable", "merged")
@@ -211,7 +211,7 @@ def _adapter_file(run: Any, folder: Path, weights: dict[str, Any], phase: Phase)
 
 
 def _merged(run: Any, precision: str, output: Path, phase: Phase) -> Path:
-    from slmnb.models import load_model, load_tokenizer, model_folder
+    from slmnb.models import load_model, load_tokenizer
 
     source = run.output_path / ("model.safetensors" if run.config.method == "full" else "adapter_model.safetensors")
     digest = store.file_digest(source) if source.is_file() else str(run.output_path.stat().st_mtime)
@@ -219,7 +219,7 @@ def _merged(run: Any, precision: str, output: Path, phase: Phase) -> Path:
     manifest = store.read_json(folder / store.MANIFEST)
     if manifest and manifest.get("digest") == digest and manifest.get("format") == store.FORMAT:
         return folder
-    tmp = folder.parent / f".{folder.name}.tmp-{int(time.time() * 1000)}"
+    tmp = temp_sibling(folder)
     try:
         hf_dir = tmp / ".merged-weights"
         phase("merging the LoRA into the weights")
@@ -241,8 +241,7 @@ def _merged(run: Any, precision: str, output: Path, phase: Phase) -> Path:
         store.write_json(tmp / store.MANIFEST, {
             "format": store.FORMAT, "kind": "merged", "base_model": run.config.model_name_or_path,
             "run": run.name, "precision": precision, "quantization": _quantization(precision), "digest": digest,
-            "created": time.time(), "builder": _builder_version(), "model_folder": model_folder(
-                run.config.model_name_or_path) if run.config.method != "full" else str(run.output_path)})
+            "created": time.time(), "builder": _builder_version()})
         forget(folder)
         replace_folder(tmp, folder)
     finally:
