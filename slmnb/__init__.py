@@ -55,3 +55,8 @@ def load_ipython_extension(ipython: Any) -> None:
 
 def __dir__() -> list[str]:
     return sorted(list(globals()) + __all__)
+
+
+def _jupyter_labextension_paths() -> list[dict[str, str]]:
+    """Where JupyterLab finds the prebuilt extension (for `jupyter labextension develop`)."""
+    return [{"src": "labextension", "dest": "slmnb"}]

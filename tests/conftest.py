@@ -84,3 +84,11 @@ def comms(monkeypatch: pytest.MonkeyPatch) -> list:
 
     monkeypatch.setattr(comm, "create_comm", create_comm)
     return made
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """Keep each phase's report on the test item, so a fixture can tell whether its test failed."""
+    outcome = yield
+    report = outcome.get_result()
+    setattr(item, f"report_{report.when}", report)

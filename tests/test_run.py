@@ -59,6 +59,7 @@ def test_the_run_folder(workdir, tiny) -> None:
     assert (folder / "adapter" / "adapter_model.safetensors").is_file()
     state = json.loads((folder / "run.json").read_text())
     assert (state["status"], state["step"], state["max_steps"]) == ("finished", 16, 16)
+    assert state["loss"] > 0 and state["perplexity"] > 1  # what the lab's runs panel and status bar show
     assert (folder / "checkpoints").is_dir()
     assert not [p for p in folder.rglob("*") if ".tmp-" in p.name]
 
@@ -150,6 +151,28 @@ def test_stop_while_paused(workdir, tiny) -> None:
     run.stop()
     run.wait()
     assert run.status == "stopped" and run.step < 16
+
+
+def test_another_process_stops_a_run_through_its_folder(workdir, tiny) -> None:
+    """What the JupyterLab runs panel does while a cell blocks the kernel: it leaves stop-requested in the folder."""
+    run = slmnb.finetune(tiny, name="noted", max_steps=100000, eval_steps=100000, save_steps=100000)
+    while run.step < 3:
+        time.sleep(0.05)
+    (run.dir / "stop-requested").write_text("from JupyterLab")
+    run.wait()
+    assert run.status == "stopped" and run.step < 100000
+    assert json.loads((run.dir / "run.json").read_text())["status"] == "stopped"
+    assert not (run.dir / "stop-requested").exists()  # used up: a resumed run trains on
+
+    (run.dir / "stop-requested").write_text("left over")
+    paused = slmnb.finetune(name="noted", resume=True, listeners=[lambda e: isinstance(e, ev.Step) and run.pause()])
+    assert not (run.dir / "stop-requested").exists()  # a request older than this session is dropped
+    while paused.status != "paused":
+        time.sleep(0.05)
+    held = paused.step
+    (run.dir / "stop-requested").write_text("from JupyterLab")
+    paused.wait()
+    assert paused.status == "stopped" and paused.step <= held + 1  # the held step completes, as with stop()
 
 
 def test_one_active_run_per_process(workdir, tiny) -> None:

@@ -54,6 +54,8 @@ class TrainingRun:
         self._clock = (time.perf_counter(), 0.0)  # (origin, elapsed before this session of the run)
         self._paused_for = 0.0
         self._last_state_write = 0.0
+        self._last_request_check = 0.0
+        self._latest: dict[str, float] = {}  # the last loss, eval loss and perplexity, for run.json
         # Under torchrun every rank trains, but only rank 0 writes the run folder.
         self._writer = int(os.environ.get("RANK", "0")) == 0
 
@@ -133,14 +135,17 @@ class TrainingRun:
     def _record(self, event: ev.Event) -> None:
         if isinstance(event, ev.Step | ev.Eval):
             self.folder.append_metric(event.record())
+        if isinstance(event, ev.Step):
+            self._latest["loss"] = event.loss
+        elif isinstance(event, ev.Eval):
+            self._latest.update(eval_loss=event.eval_loss, perplexity=event.perplexity)
         now = time.monotonic()
-        if isinstance(event, ev.Step) and now - self._last_state_write < 1.0:
+        if isinstance(event, ev.Step | ev.Eval) and now - self._last_state_write < 1.0:
             return  # run.json is for other processes' eyes (the lab side panel): once a second is plenty
         self._last_state_write = now
-        state: dict[str, Any] = {"status": self.status, "step": event.step, "elapsed": event.elapsed}
-        if isinstance(event, ev.Step):
-            state["loss"] = event.loss
-        elif isinstance(event, ev.Started):
+        # The latest metrics go into every write, since a throttled event's values come with the next one.
+        state: dict[str, Any] = {"status": self.status, "step": event.step, "elapsed": event.elapsed, **self._latest}
+        if isinstance(event, ev.Started):
             state.update(max_steps=event.max_steps, precision=event.precision, pid=os.getpid())
         elif isinstance(event, ev.Failed):
             state["reason"] = event.reason
@@ -155,14 +160,25 @@ class TrainingRun:
         return before + time.perf_counter() - origin - self._paused_for
 
     def stop_requested(self) -> bool:
+        self._read_stop_request()
         return self._stop.is_set()
+
+    def _read_stop_request(self) -> None:
+        # The runs panel cannot reach this kernel while a cell blocks it (run.wait() does), so it leaves a file
+        # in the run folder; looking for it once a second costs nothing next to a step.
+        now = time.monotonic()
+        if now - self._last_request_check >= 1.0:
+            self._last_request_check = now
+            if self._writer and self.folder.take_stop_request():
+                self.stop()
 
     def hold_if_paused(self, step: int) -> None:
         if self._unpaused.is_set():
             return
         self.emit(ev.Paused(step=step, elapsed=self.elapsed()))
         held = time.perf_counter()
-        self._unpaused.wait()
+        while not self._unpaused.wait(1.0):
+            self._read_stop_request()
         self._paused_for += time.perf_counter() - held
         if not self._stop.is_set():
             self.emit(ev.Resumed(step=step, elapsed=self.elapsed()))
@@ -266,6 +282,7 @@ class TrainingRun:
         self._clock = (time.perf_counter(), float(self.folder.read_state().get("elapsed", 0.0)) if resume else 0.0)
         self.status = "starting"
         if self._writer:
+            self.folder.take_stop_request()  # a request left for an earlier session of this run is stale
             self.folder.update_state(status="starting", name=self.name, started_at=time.time(), pid=os.getpid(),
                                      reason=None, ended_at=None)
         self._thread = threading.Thread(target=self._work, args=(data, resume_from), daemon=True,

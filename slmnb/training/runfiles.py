@@ -6,6 +6,7 @@
     adapter/        the LoRA adapter in peft format (model/ for full fine-tuning), replaced atomically
     checkpoints/    Trainer checkpoints, for resume
     error.log       the traceback of a failed run
+    stop-requested  left by another process (the JupyterLab runs panel) to stop the run at its next step
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ class RunFolder:
         self.metrics_path = self.path / "metrics.jsonl"
         self.checkpoints = self.path / "checkpoints"
         self.error_log = self.path / "error.log"
+        self.stop_request = self.path / "stop-requested"
 
     def exists(self) -> bool:
         return self.state_path.is_file()
@@ -56,6 +58,14 @@ class RunFolder:
         self.path.mkdir(parents=True, exist_ok=True)
         write_text_atomic(self.state_path, json.dumps(state, indent=1))
         return state
+
+    def take_stop_request(self) -> bool:
+        """Whether another process asked this run to stop; the request is used up by reading it."""
+        try:
+            self.stop_request.unlink()
+            return True
+        except FileNotFoundError:
+            return False
 
     # --- metrics ------------------------------------------------------------------------------------
 
