@@ -89,7 +89,7 @@ const runsPlugin: JupyterFrontEndPlugin<void> = {
     };
     notebooks.currentChanged.connect(follow);
     follow();
-    model.start();
+    model.refresh();
 
     const panel = new RunsPanel(model, run => commands.execute(CommandIDs.openRun, { path: run.path }));
     panel.id = 'slmnb-runs';

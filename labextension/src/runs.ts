@@ -85,35 +85,26 @@ export class RunsModel {
   liveInterval = 1000;
   idleInterval = 5000;
 
-  start(): void {
-    if (this._timer === null) {
-      this._tick();
-    }
-  }
-
-  dispose(): void {
-    if (this._timer !== null) {
-      clearTimeout(this._timer);
-      this._timer = null;
-    }
-  }
-
-  /** Poll now instead of waiting for the next tick. */
+  /**
+   * Poll now, then keep polling: every second while a run is live, every 5 s otherwise. A call while a poll is out
+   * takes over the schedule, so there is only ever one polling loop.
+   */
   refresh(): void {
-    if (this._timer !== null) {
-      clearTimeout(this._timer);
-    }
-    this._tick();
-  }
-
-  private _tick(): void {
-    this._timer = -1; // a poll is under way
+    window.clearTimeout(this._timer);
+    const generation = ++this._generation;
     this._poll()
       .catch(() => undefined)
       .then(() => {
-        const wait = this.active ? this.liveInterval : this.idleInterval;
-        this._timer = window.setTimeout(() => this._tick(), wait);
+        if (generation === this._generation && !this._disposed) {
+          const wait = this.active ? this.liveInterval : this.idleInterval;
+          this._timer = window.setTimeout(() => this.refresh(), wait);
+        }
       });
+  }
+
+  dispose(): void {
+    this._disposed = true;
+    window.clearTimeout(this._timer);
   }
 
   private async _poll(): Promise<void> {
@@ -164,12 +155,7 @@ export class RunsModel {
 
   private async _read(path: string, name: string): Promise<IRunState | null> {
     try {
-      const file = await this._contents.get(joinPath(path, 'run.json'), {
-        content: true,
-        type: 'file',
-        format: 'text'
-      });
-      const state = parsePythonJson(file.content as string);
+      const state = parsePythonJson(await readText(this._contents, joinPath(path, 'run.json')));
       return { ...state, name: state.name ?? name, path };
     } catch {
       return null; // not a run folder, or run.json between two writes
@@ -179,8 +165,15 @@ export class RunsModel {
   private _folder = '';
   private _runs: IRunState[] = [];
   private _error = '';
-  private _timer: number | null = null;
+  private _timer = 0;
+  private _generation = 0;
+  private _disposed = false;
   private _changed = new Signal<this, void>(this);
+}
+
+export async function readText(contents: Contents.IManager, path: string): Promise<string> {
+  const file = await contents.get(path, { content: true, type: 'file', format: 'text' });
+  return file.content as string;
 }
 
 /**

@@ -5,7 +5,7 @@
 import { Contents } from '@jupyterlab/services';
 import { Widget } from '@lumino/widgets';
 
-import { IRunState, isLive, joinPath, num, parsePythonJson, steps } from './runs';
+import { IRunState, isLive, joinPath, num, parsePythonJson, readText, steps } from './runs';
 
 interface IRecord {
   event: 'step' | 'eval';
@@ -54,13 +54,8 @@ export class RunView extends Widget {
     }
   }
 
-  private async _text(file: string): Promise<string> {
-    const model = await this._contents.get(joinPath(this._path, file), {
-      content: true,
-      type: 'file',
-      format: 'text'
-    });
-    return model.content as string;
+  private _text(file: string): Promise<string> {
+    return readText(this._contents, joinPath(this._path, file));
   }
 
   private _show(state: IRunState | null, records: IRecord[], error: string): void {
