@@ -245,9 +245,10 @@ def test_full_and_qlora_train(workdir, tiny, method: str) -> None:
 
 
 def test_early_stopping_ends_the_run_when_eval_loss_stops_improving(workdir, tiny) -> None:
-    # A learning rate this large makes the eval loss climb after the first evaluation.
-    run = slmnb.finetune(tiny, name="early-stop", learning_rate=5.0, max_steps=40, eval_steps=2,
-                         early_stopping_patience=2).wait()
+    # Held-out rows answer Sad while training teaches Joy: their loss climbs as the model learns.
+    rows = tiny["rows"][:40] + [{"phrase": f"another phrase {i}", "tone": "Sad"} for i in range(8)]
+    run = slmnb.finetune(tiny, name="early-stop", rows=rows, train_split="train[:40]", eval_split="train[40:]",
+                         learning_rate=3e-2, max_steps=40, eval_steps=2, early_stopping_patience=2).wait()
     finished = run.history[-1]
     assert isinstance(finished, ev.Finished) and finished.reason == "early stopping"
     assert run.step < 40

@@ -80,6 +80,10 @@ def build_model(config: FinetuneConfig, precision: str) -> tuple[Any, FinetuneCo
         names = sorted({n.split(".")[-1] for n, m in model.named_modules() if type(m).__name__ == "Linear"})
         raise ConfigError(f"target_modules {config.target_modules} match no layer of this model: use some of "
                           f"{', '.join(names)}, or all-linear.") from None
+    if on_cpu:
+        from slmnb.training.dropout import use_fast_dropout
+
+        use_fast_dropout(model)
     return model, config
 
 

@@ -20,6 +20,7 @@ from slmnb.config import FinetuneConfig, load_config
 from slmnb.data import Data, load_data, with_default_templates
 from slmnb.errors import RunError, SlmnbError
 from slmnb.training import events as ev
+from slmnb.training.openmp import release_openmp_pool
 from slmnb.training.runfiles import RunFolder, process_alive
 
 log = logging.getLogger(__name__)
@@ -285,6 +286,7 @@ class TrainingRun:
             self.folder.take_stop_request()  # a request left for an earlier session of this run is stale
             self.folder.update_state(status="starting", name=self.name, started_at=time.time(), pid=os.getpid(),
                                      reason=None, ended_at=None)
+        release_openmp_pool()  # this thread's idle pool would slow the training thread's (see openmp.py)
         self._thread = threading.Thread(target=self._work, args=(data, resume_from), daemon=True,
                                         name=f"slmnb-{self.name}")
         self._thread.start()
