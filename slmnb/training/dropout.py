@@ -30,9 +30,8 @@ class FastDropout(torch.nn.Dropout):
         return x * keep.to(x.dtype).mul_(1.0 / (1.0 - self.p))
 
 
-def use_fast_dropout(model: Any) -> int:
-    """Swap the LoRA layers' dropout modules for FastDropout (same p); returns how many were swapped."""
-    swapped = 0
+def use_fast_dropout(model: Any) -> None:
+    """Swap the LoRA layers' dropout modules for FastDropout (same p)."""
     for module in model.modules():
         dropouts = getattr(module, "lora_dropout", None)
         if not isinstance(dropouts, torch.nn.ModuleDict):
@@ -40,5 +39,3 @@ def use_fast_dropout(model: Any) -> int:
         for name, dropout in dropouts.items():
             if type(dropout) is torch.nn.Dropout:
                 dropouts[name] = FastDropout(dropout.p)
-                swapped += 1
-    return swapped
