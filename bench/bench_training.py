@@ -62,12 +62,11 @@ def _timed(fn) -> float:  # type: ignore[no-untyped-def]
 def step_times_with_run(precision: str, steps: int, runs_dir: Path) -> list[float]:
     """Seconds between consecutive Step events of a TrainingRun."""
     from slmnb.training import events as ev
-    from slmnb.training import run as run_module
+    from slmnb.training.runs import Runs
 
-    run_module.RUNS_DIR = str(runs_dir)
     stamps: list[float] = []
-    run = run_module.finetune(BENCH_CONFIG, max_steps=steps, precision=precision,
-                              listeners=[lambda e: isinstance(e, ev.Step) and stamps.append(time.perf_counter())])
+    run = Runs(runs_dir).start(BENCH_CONFIG, max_steps=steps, precision=precision,
+                               listeners=[lambda e: isinstance(e, ev.Step) and stamps.append(time.perf_counter())])
     run.wait()
     return [b - a for a, b in pairwise(stamps)]
 
@@ -80,14 +79,16 @@ def step_times_bare(precision: str, steps: int, out: Path, same: bool) -> list[f
     from slmnb.config import load_config
     from slmnb.data import encode_rows, load_data, with_default_templates
     from slmnb.models import load_model, load_tokenizer
+    from slmnb.training.arguments import StepPlan, training_arguments
     from slmnb.training.engine import Collator, _trainer_class, build_model
+    from slmnb.training.prepare import settle
 
-    config = with_default_templates(load_config(BENCH_CONFIG))
+    config = settle(with_default_templates(load_config(BENCH_CONFIG, max_steps=steps)))
     tokenizer = load_tokenizer(config.model_name_or_path)
     rows, _ = encode_rows(config, tokenizer, load_data(config).train)
     set_seed(config.seed)
     if same:
-        model, _ = build_model(config, precision)
+        model = build_model(config, precision)
         trainer_class = _trainer_class()
     else:
         model = get_peft_model(load_model(config.model_name_or_path),
@@ -100,10 +101,15 @@ def step_times_bare(precision: str, steps: int, out: Path, same: bool) -> list[f
         def on_step_end(self, args, state, control, **kw):  # type: ignore[no-untyped-def]
             stamps.append(time.perf_counter())
 
-    args = TrainingArguments(output_dir=str(out), use_cpu=True, bf16=precision == "bf16", max_steps=steps,
-                             per_device_train_batch_size=8, learning_rate=1e-3, logging_steps=1, save_strategy="no",
-                             report_to="none", disable_tqdm=True, remove_unused_columns=False, seed=config.seed,
-                             data_seed=config.seed, include_num_input_tokens_seen="non_padding")
+    if same:  # the engine's own arguments; its one save comes after the last step, outside the timings
+        args = training_arguments(config, StepPlan(total=steps, eval_steps=steps, save_steps=steps,
+                                                   early_stopping=False),
+                                  precision=precision, output_dir=str(out), has_eval=False)
+    else:
+        args = TrainingArguments(output_dir=str(out), use_cpu=True, bf16=precision == "bf16", max_steps=steps,
+                                 per_device_train_batch_size=8, learning_rate=1e-3, logging_steps=1,
+                                 save_strategy="no", report_to="none", disable_tqdm=True, remove_unused_columns=False,
+                                 seed=config.seed, data_seed=config.seed, include_num_input_tokens_seen="non_padding")
     trainer = trainer_class(model=model, args=args, train_dataset=rows,
                             data_collator=Collator(tokenizer.pad_token_id), callbacks=[Stamp()])
     trainer.remove_callback(PrinterCallback)
@@ -127,12 +133,11 @@ def padded_tokens_per_step() -> tuple[float, int]:
 def first_step_child() -> None:
     """In a fresh process: finetune() -> first Step event, then the process's peak RSS."""
     from slmnb.training import events as ev
-    from slmnb.training import run as run_module
+    from slmnb.training.runs import Runs
 
-    run_module.RUNS_DIR = tempfile.mkdtemp()
     first: list[float] = []
     start = time.perf_counter()
-    run = run_module.finetune(BENCH_CONFIG, max_steps=8,
+    run = Runs(tempfile.mkdtemp()).start(BENCH_CONFIG, max_steps=8,
                               listeners=[lambda e: isinstance(e, ev.Step) and not first and
                                          first.append(time.perf_counter())])
     run.wait()

@@ -6,10 +6,10 @@ imported on first use.
 
 from __future__ import annotations
 
-import importlib
+import importlib.metadata
 from typing import Any
 
-__version__ = "0.1.0"
+__version__ = importlib.metadata.version(__name__)  # from labextension/package.json, the one version source
 
 _EXPORTS = {
     "FinetuneConfig": "slmnb.config",
@@ -18,12 +18,14 @@ _EXPORTS = {
     "RunError": "slmnb.errors",
     "SlmnbError": "slmnb.errors",
     "preview": "slmnb.data",
-    "finetune": "slmnb.training.run",
-    "load_run": "slmnb.training.run",
-    "active_run": "slmnb.training.run",
+    "finetune": "slmnb.training.runs",
+    "load_run": "slmnb.training.runs",
+    "active_run": "slmnb.training.runs",
+    "list_runs": "slmnb.training.runs",
+    "Runs": "slmnb.training.runs",
     "TrainingRun": "slmnb.training.run",
+    "RunState": "slmnb.training.states",
     "events": "slmnb.training.events",
-    "list_runs": "slmnb.training.run",
     "form": "slmnb.notebook.form",
     "compare_runs": "slmnb.notebook.compare",
     "export": "slmnb.opt.export",

@@ -47,6 +47,8 @@ class ProgressBar:
         if isinstance(event, ev.Started):
             self.max_steps = event.max_steps
             self._line(f"training {event.name} ({event.precision}) from step {event.step}", final=True)
+            for note in event.notes:
+                self._line(f"note: {note}", final=True)
         elif isinstance(event, ev.Step):
             self.last.update(loss=event.loss, tokens_per_second=event.tokens_per_second, elapsed=event.elapsed,
                              step=event.step)
@@ -59,8 +61,8 @@ class ProgressBar:
                        f"{event.perplexity:.2f}", final=True)
         elif isinstance(event, ev.Finished | ev.Stopped):
             what = "stopped" if isinstance(event, ev.Stopped) else f"finished ({event.reason})"
-            self._line(f"{what} at step {event.step} in {clock(event.elapsed)}; saved to {event.output_path}",
-                       final=True)
+            saved = f"saved to {event.output_path}" if event.output_path else "nothing trained yet, nothing saved"
+            self._line(f"{what} at step {event.step} in {clock(event.elapsed)}; {saved}", final=True)
 
     def _bar(self) -> str:
         step, total = int(self.last.get("step", 0)), max(self.max_steps, 1)
@@ -82,7 +84,8 @@ class ProgressBar:
 
 
 def run_finetune(options: dict[str, Any]) -> int:
-    from slmnb.training.run import finetune
+    from slmnb.training.runs import finetune
+    from slmnb.training.states import RunState
 
     source = options.pop("config", None)
     resume = options.pop("resume", False)
@@ -96,15 +99,16 @@ def run_finetune(options: dict[str, Any]) -> int:
         if rank0:
             print("\nstopping at the next step (Ctrl-C again to abort)...", file=sys.stderr)
         run.stop()
-    except Exception:  # the run failed: its Failed event holds the one-sentence reason
+    except SlmnbError:  # the run failed: its Failed event holds the one-sentence reason
         pass
     while run.alive:
         run.wait(0.2)
     failed = [e for e in run.history if isinstance(e, ev.Failed)]
-    if run.status == "failed" and failed:
-        print(f"error: {failed[-1].reason}", file=sys.stderr)
+    if run.status == RunState.FAILED or failed:
+        reason = failed[-1].reason if failed else "the run failed (see error.log in its folder)"
+        print(f"error: {reason}", file=sys.stderr)
         return 1
-    if run.status == "stopped" and rank0:
+    if run.status == RunState.STOPPED and rank0:
         print(f"resume with: slmnb finetune --name {run.name} --resume", file=sys.stderr)
     return 0
 

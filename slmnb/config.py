@@ -8,7 +8,12 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
+import numbers
+import os
 import re
+import string
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -21,13 +26,22 @@ SCHEDULERS = (
     "linear", "cosine", "cosine_with_restarts", "cosine_with_min_lr", "polynomial", "constant",
     "constant_with_warmup", "inverse_sqrt", "warmup_stable_decay",
 )
-NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")  # used with fullmatch: `$` would let a final newline in
+MAX_NAME_LENGTH = 100
+# Whole numbers beyond this mean a typo; it also keeps every count inside what torch and JavaScript hold exactly.
+MAX_INT = 2**31 - 1
+TEMPLATES = ("text_template", "prompt_template", "response_template")
+# A template that names no column teaches the same text for every row; a prompt may (write a poem:), an answer not.
+TEMPLATES_NEEDING_A_COLUMN = ("text_template", "response_template")
 
 
 def _opt(default: Any, help: str, kind: str, *, choices: tuple[str, ...] | None = None,
-         low: float | None = None, high: float | None = None, high_open: bool = False) -> Any:
+         low: float | None = None, high: float | None = None, low_open: bool = False, high_open: bool = False) -> Any:
     """A config field: `kind` is str | int | float | bool | strs (a list of strings) | rows (a list of mappings)."""
-    meta = {"help": help, "kind": kind, "choices": choices, "low": low, "high": high, "high_open": high_open}
+    if kind == "int" and high is None:
+        high = MAX_INT
+    meta = {"help": help, "kind": kind, "choices": choices, "low": low, "high": high, "low_open": low_open,
+            "high_open": high_open}
     if isinstance(default, list):
         return field(default_factory=lambda: list(default), metadata=meta)
     return field(default=default, metadata=meta)
@@ -41,8 +55,9 @@ class FinetuneConfig:
         "smollm2-135m-instruct (embedded), tiny-llama (random, for tests), a local Hugging Face folder or a hub id.",
         "str")
     method: str = _opt("lora", "lora, qlora (4-bit base model) or full fine-tuning.", "str", choices=METHODS)
-    lora_r: int = _opt(8, "LoRA rank.", "int", low=1)
-    lora_alpha: int = _opt(16, "LoRA scaling numerator (the update is scaled by lora_alpha / lora_r).", "int", low=1)
+    lora_r: int = _opt(8, "LoRA rank.", "int", low=1, high=4096)
+    lora_alpha: int = _opt(16, "LoRA scaling numerator (the update is scaled by lora_alpha / lora_r).", "int", low=1,
+                           high=65536)
     lora_dropout: float = _opt(0.05, "Dropout on the LoRA input.", "float", low=0.0, high=1.0, high_open=True)
     target_modules: list[str] | None = _opt(
         None, "Modules that get LoRA weights: a list, 'all-linear', or empty for the architecture's default.", "strs")
@@ -68,7 +83,8 @@ class FinetuneConfig:
     # training
     learning_rate: float = _opt(2e-4, "Peak learning rate.", "float", low=0.0)
     max_steps: int | None = _opt(None, "Optimizer steps to train; overrides num_train_epochs.", "int", low=1)
-    num_train_epochs: float = _opt(1.0, "Epochs to train when max_steps is empty.", "float", low=0.0)
+    num_train_epochs: float = _opt(1.0, "Epochs to train when max_steps is empty.", "float", low=0.0, low_open=True,
+                                   high=1e6)
     per_device_train_batch_size: int = _opt(8, "Examples per step on each device.", "int", low=1)
     gradient_accumulation_steps: int = _opt(1, "Batches accumulated per optimizer step.", "int", low=1)
     logging_steps: int = _opt(1, "Report the training loss every this many steps.", "int", low=1)
@@ -80,7 +96,7 @@ class FinetuneConfig:
     warmup_ratio: float = _opt(0.0, "Fraction of the steps spent warming the learning rate up.", "float",
                                low=0.0, high=1.0, high_open=True)
     weight_decay: float = _opt(0.0, "AdamW weight decay.", "float", low=0.0)
-    seed: int = _opt(42, "Seed for the data split, shuffling and initialisation.", "int", low=0)
+    seed: int = _opt(42, "Seed for the data split, shuffling and initialisation.", "int", low=0, high=2**32 - 1)
     gradient_checkpointing: bool = _opt(False, "Trade compute for memory by recomputing activations.", "bool")
     precision: str = _opt("auto", "auto (bf16 where the CPU or GPU supports it), bf16 or fp32.", "str",
                           choices=PRECISIONS)
@@ -107,9 +123,8 @@ class FinetuneConfig:
         if self.use_chat_template and self.text_template:
             raise ConfigError("use_chat_template needs prompt_template and response_template instead of "
                               "text_template, so the prompt becomes the user message and the response the answer.")
-        if self.name is not None and not NAME_PATTERN.match(self.name):
-            raise ConfigError(f"name {self.name!r} can only use letters, digits, '.', '_' and '-', such as "
-                              "'tones-lora'.")
+        if self.name is not None:
+            check_name(self.name)
 
     # --- building --------------------------------------------------------------------------------------
 
@@ -120,7 +135,7 @@ class FinetuneConfig:
         names = [f.name for f in fields(cls)]
         for key in values:
             if key not in names:
-                raise ConfigError(unknown_key_message(str(key), names))
+                raise ConfigError(unknown_key_message(key, names))
         return cls(**values)
 
     @classmethod
@@ -130,10 +145,7 @@ class FinetuneConfig:
 
     @classmethod
     def from_file(cls, path: str | Path) -> FinetuneConfig:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"Config file {str(path)!r} does not exist: check the path.")
-        return cls.from_text(path.read_text(encoding="utf-8"))
+        return cls.from_dict(read_config_file(path))
 
     def replace(self, **overrides: Any) -> FinetuneConfig:
         """A copy with some fields changed, checked like any other config."""
@@ -168,16 +180,15 @@ class FinetuneConfig:
 
 def load_config(source: FinetuneConfig | dict[str, Any] | str | Path | None = None,
                 **overrides: Any) -> FinetuneConfig:
-    """Build a config from a config, a mapping, a .yaml/.yml/.json path or YAML text, then apply overrides."""
+    """Build a config from a config, a mapping, a config file's path or YAML/JSON text, then apply overrides."""
     if source is None:
         base: dict[str, Any] = {}
     elif isinstance(source, FinetuneConfig):
         base = source.to_dict()
     elif isinstance(source, dict):
         base = dict(source)
-    elif isinstance(source, Path) or (isinstance(source, str) and "\n" not in source
-                                      and source.strip().endswith((".yaml", ".yml", ".json"))):
-        base = FinetuneConfig.from_file(source).to_dict()
+    elif isinstance(source, Path) or (isinstance(source, str) and _is_path(source)):
+        base = read_config_file(source)
     elif isinstance(source, str):
         base = parse_yaml(source) or {}
         if not isinstance(base, dict):
@@ -187,7 +198,45 @@ def load_config(source: FinetuneConfig | dict[str, Any] | str | Path | None = No
     return FinetuneConfig.from_dict({**base, **overrides})
 
 
-def parse_yaml(text: str) -> Any:
+def _is_path(text: str) -> bool:
+    """One line naming a file, or shaped like a path rather than like YAML ('run.yml', not 'max_steps: 5').
+
+    One line of YAML that is not a mapping is never a config, so a line that does not look like YAML is a path:
+    `slmnb finetune job.txt` then says the file is missing or not a mapping, instead of reading 'job.txt' as YAML.
+    """
+    text = text.strip()
+    if not text or "\n" in text:
+        return False
+    try:
+        if Path(os.path.expanduser(text)).is_file():
+            return True
+    except (OSError, ValueError):  # a name too long for the file system, or with a NUL in it
+        pass
+    return not (text.startswith(("{", "[", "- ", "#")) or re.search(r":(\s|$)", text))
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """The mapping in a YAML or JSON file; every way the file can be wrong is one sentence naming it."""
+    shown = short_path(path)
+    try:
+        text = Path(os.path.expanduser(str(path))).read_text(encoding="utf-8-sig")
+    except FileNotFoundError:
+        raise ConfigError(f"Config file {shown} does not exist: check the path.") from None
+    except IsADirectoryError:
+        raise ConfigError(f"Config file {shown} is a folder: give the YAML or JSON file inside it.") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"Config file {shown} is not UTF-8 text: save it as a UTF-8 YAML or JSON file.") from None
+    except (OSError, ValueError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else "it cannot be opened"
+        raise ConfigError(f"Config file {shown} cannot be read ({reason.lower()}): check the path.") from None
+    values = parse_yaml(text, f"Config file {shown}") or {}
+    if not isinstance(values, dict):
+        raise ConfigError(f"Config file {shown} must hold a mapping of keys to values, such as 'max_steps: 60', "
+                          f"not {kind_of(values)}.")
+    return values
+
+
+def parse_yaml(text: str, what: str = "The config") -> Any:
     import yaml
 
     try:
@@ -196,8 +245,22 @@ def parse_yaml(text: str) -> Any:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""
         problem = getattr(exc, "problem", None) or "syntax error"
-        raise ConfigError(f"The config is not valid YAML ({problem}{where}): check the indentation and quote "
+        raise ConfigError(f"{what} is not valid YAML ({problem}{where}): check the indentation and quote "
                           "values that contain ':' or '#'.") from None
+    except RecursionError:
+        raise ConfigError(f"{what} nests too deeply to read: flatten it into keys and values.") from None
+    except (ValueError, TypeError, OverflowError):  # a tagged value such as !!int x, or a number too long to hold
+        raise ConfigError(f"{what} holds a value that YAML cannot read, such as a tagged '!!int x' or a number "
+                          "with thousands of digits: write it plainly.") from None
+
+
+def check_name(name: str) -> None:
+    """A run's name becomes its folder's name: letters, digits, '.', '_' and '-', and not too long for one."""
+    if len(name) > MAX_NAME_LENGTH:
+        raise ConfigError(f"name is {len(name)} characters long: keep it to {MAX_NAME_LENGTH}, such as 'tones-lora'.")
+    if not NAME_PATTERN.fullmatch(name):
+        raise ConfigError(f"name {short_repr(name)} can only use letters, digits, '.', '_' and '-', starting with a "
+                          "letter or digit, such as 'tones-lora'.")
 
 
 def check_field(name: str, value: Any) -> Any:
@@ -212,35 +275,80 @@ def _default(f: dataclasses.Field[Any]) -> Any:
     return f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
 
 
-def unknown_key_message(key: str, names: list[str]) -> str:
+def unknown_key_message(key: Any, names: list[str]) -> str:
+    if not isinstance(key, str):
+        return f"Config keys are field names such as max_steps, not {kind_of(key)} ({short_repr(key)})."
     close = difflib.get_close_matches(key, names, n=1, cutoff=0.5)
     if close:
-        return f"Unknown config key {key!r}: did you mean {close[0]}?"
-    return f"Unknown config key {key!r}: valid keys are {', '.join(names)}."
+        return f"Unknown config key {short_repr(key)}: did you mean {close[0]}?"
+    return f"Unknown config key {short_repr(key)}: valid keys are {', '.join(names)}."
+
+
+# --- showing values in messages -------------------------------------------------------------------------
+
+
+def kind_of(value: Any) -> str:
+    """What a value is, in a user's words: 'a list', 'a mapping', 'bytes'."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true/false"
+    if isinstance(value, str):
+        return "text"
+    if isinstance(value, bytes | bytearray):
+        return "bytes"
+    if isinstance(value, numbers.Number):
+        return "a number"
+    if isinstance(value, dict):
+        return "a mapping"
+    if isinstance(value, list | tuple | set):
+        return "a list"
+    return f"a {type(value).__name__}"
+
+
+def short_repr(value: Any, limit: int = 60) -> str:
+    """A value as a message shows it: one line and short, never the repr of a huge or nested structure."""
+    if value is None or isinstance(value, bool | float):
+        return repr(value)
+    if isinstance(value, int):
+        digits = value.bit_length() * 30103 // 100000 + 1  # str() of a huge int is slow and then refused
+        return str(value) if digits <= limit else f"a number with about {digits} digits"
+    if isinstance(value, str):
+        text = repr(value[:limit])
+        return text if len(value) <= limit else text[:-1] + "..." + text[-1]
+    return kind_of(value)
+
+
+def short_path(path: str | Path) -> str:
+    """A path as a message shows it: whole unless absurdly long, then its end, which names the file."""
+    text = str(path)
+    return repr(text) if len(text) <= 160 else repr("..." + text[-120:])
+
+
+def _number_text(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() and abs(value) < 1e16 else f"{value:g}"
+
+
+# --- checking values ------------------------------------------------------------------------------------
 
 
 def _coerce(f: dataclasses.Field[Any], value: Any) -> Any:
     """Check one value against its field, turning the forms YAML and command lines produce into the field's type."""
     meta, name = f.metadata, f.name
-    if value is None or (value == "" and _default(f) is None):
+    # Empty clears a field whose default is empty (`--max_steps ""`); a field with a default needs a real value.
+    empty = isinstance(value, str) and (value == "" if _default(f) is None else not value.strip())
+    if value is None or empty:
         if _default(f) is None:
             return None
         raise ConfigError(f"{name} needs a value; its default is {_default(f)!r}.")
     kind = meta["kind"]
     if kind == "str":
-        if not isinstance(value, str | int | float) or isinstance(value, bool):
-            raise ConfigError(f"{name} must be a text value, got {value!r}.")
-        value = str(value)
-        if meta["choices"] and value not in meta["choices"]:
-            close = difflib.get_close_matches(value, meta["choices"], n=1)
-            hint = f" (did you mean {close[0]}?)" if close else ""
-            raise ConfigError(f"{name} must be one of {', '.join(meta['choices'])}{hint}, got {value!r}.")
-        return value
+        return _text(name, value, meta["choices"])
     if kind == "bool":
-        if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no"):
-            return value.lower() in ("true", "yes")
+        if isinstance(value, str) and value.strip().lower() in ("true", "false", "yes", "no"):
+            return value.strip().lower() in ("true", "yes")
         if not isinstance(value, bool):
-            raise ConfigError(f"{name} must be true or false, got {value!r}.")
+            raise ConfigError(f"{name} must be true or false, got {short_repr(value)}.")
         return value
     if kind in ("int", "float"):
         return _number(name, value, kind, meta)
@@ -248,36 +356,119 @@ def _coerce(f: dataclasses.Field[Any], value: Any) -> Any:
         if isinstance(value, str):
             value = [part.strip() for part in value.split(",") if part.strip()]
         if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
-            raise ConfigError(f"{name} must be a list of names or a comma-separated text, got {value!r}.")
+            raise ConfigError(f"{name} must be a list of names or a comma-separated text, got {short_repr(value)}.")
+        for entry in value:
+            _check_text(name, entry)
         if name == "target_modules" and list(value) == ["all-linear"]:
             return "all-linear"
         return list(value) or None
     if kind == "rows":
-        if not isinstance(value, list | tuple) or not all(isinstance(r, dict) for r in value):
-            raise ConfigError(f"{name} must be a list of mappings such as [{{'phrase': 'hi', 'tone': 'Joy'}}].")
-        return [dict(r) for r in value]
+        return _rows(name, value)
     raise AssertionError(f"unknown field kind {kind}")
 
 
-def _number(name: str, value: Any, kind: str, meta: dict[str, Any]) -> int | float:
+def _check_text(name: str, value: str) -> None:
+    # A NUL cannot be part of a path, and a lone surrogate cannot be written to config.yaml or tokenized.
+    if "\0" in value:
+        raise ConfigError(f"{name} contains a NUL character (\\x00): remove it.")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ConfigError(f"{name} contains a lone surrogate (an invalid \\ud800-\\udfff escape): remove it.") \
+            from None
+
+
+def _text(name: str, value: Any, choices: tuple[str, ...] | None) -> str:
+    finite = not isinstance(value, float) or math.isfinite(value)
+    if not isinstance(value, str | int | float) or isinstance(value, bool) or not finite:
+        raise ConfigError(f"{name} must be a text value, got {short_repr(value)}.")
+    if isinstance(value, int) and value.bit_length() > 256:
+        raise ConfigError(f"{name} must be a text value, got {short_repr(value)}.")
+    value = str(value)
+    _check_text(name, value)
+    if choices and value not in choices:
+        close = difflib.get_close_matches(value, choices, n=1)
+        hint = f" (did you mean {close[0]}?)" if close else ""
+        raise ConfigError(f"{name} must be one of {', '.join(choices)}{hint}, got {short_repr(value)}.")
+    if name in TEMPLATES:
+        template_columns(value, name)
+    return value
+
+
+def _rows(name: str, value: Any) -> list[dict[str, Any]]:
+    if not isinstance(value, list | tuple) or not all(isinstance(r, dict) for r in value):
+        raise ConfigError(f"{name} must be a list of mappings such as [{{'phrase': 'hi', 'tone': 'Joy'}}].")
+    for number, row in enumerate(value, 1):
+        for key, cell in row.items():
+            if not isinstance(key, str):
+                raise ConfigError(f"Row {number} of {name} has the key {short_repr(key)}, which is not text: quote "
+                                  "column names in the YAML, such as '1': instead of 1:.")
+            _check_text(f"Row {number} of {name}, column {short_repr(key)},", key)
+            if isinstance(cell, str):
+                _check_text(f"Row {number} of {name}, column {short_repr(key)},", cell)
+    return [dict(r) for r in value]
+
+
+def template_columns(template: str, option: str) -> list[str]:
+    """The {column} names a template uses; refuses anything but plain names (no attributes, indexes or formats)."""
+    names = []
+    try:
+        parsed = list(string.Formatter().parse(template))
+    except ValueError as exc:
+        raise ConfigError(f"{option} is malformed ({exc}): write {{column}} for a value and {{{{ }}}} for a "
+                          "literal brace.") from None
+    for _, column, spec, conversion in parsed:
+        if column is None:
+            continue
+        if not column.isidentifier() or spec or conversion:
+            shown = f"{{{column}{'!' + conversion if conversion else ''}{':' + spec if spec else ''}}}"
+            raise ConfigError(f"{option} may only use plain {{column}} placeholders, not {short_repr(shown)}.")
+        names.append(column)
+    if not names and option in TEMPLATES_NEEDING_A_COLUMN:
+        example = "'{tone}'" if option == "response_template" else "'{phrase} -> {tone}'"
+        raise ConfigError(f"{option} uses no {{column}}, so every row would teach the same text: name the columns "
+                          f"it shows, such as {example}.")
+    return names
+
+
+def _number(name: str, value: Any, kind: str, meta: Mapping[str, Any]) -> int | float:
     # YAML 1.1 reads 1e-3 as a string and command lines give strings: accept any text that is a number.
     if isinstance(value, str):
+        text = value.strip()
+        whole = re.fullmatch(r"[+-]?\d+", text) is not None
+        if whole and len(text) > 1000:  # int() refuses thousands of digits, and no field wants them
+            raise ConfigError(f"{name} must be a number of a sensible size, got one with {len(text)} digits.")
         try:
-            value = float(value) if kind == "float" or not value.strip().lstrip("-").isdigit() else int(value)
+            value = int(text) if kind == "int" and whole else float(text)
         except ValueError:
-            raise ConfigError(f"{name} must be a number, got {value!r}.") from None
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise ConfigError(f"{name} must be a number, got {value!r}.")
-    if kind == "int":
-        if value != int(value):
-            raise ConfigError(f"{name} must be a whole number, got {value!r}.")
+            raise ConfigError(f"{name} must be a number, got {short_repr(value)}.") from None
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ConfigError(f"{name} must be a number, got {short_repr(value)}.")
+    if isinstance(value, numbers.Integral):
         value = int(value)
     else:
         value = float(value)
+        if not math.isfinite(value):
+            raise ConfigError(f"{name} must be a finite number, got {value}.")
+    _check_bounds(name, value, meta)
+    if kind == "int":
+        if value != int(value):
+            raise ConfigError(f"{name} must be a whole number, got {short_repr(value)}.")
+        return int(value)
+    if isinstance(value, int) and abs(value) > 1e300:  # no bound above, and too large for a float
+        raise ConfigError(f"{name} must be a finite number, got {short_repr(value)}.")
+    return float(value)
+
+
+def _check_bounds(name: str, value: float, meta: Mapping[str, Any]) -> None:
     low, high = meta["low"], meta["high"]
-    if low is not None and value < low:
-        raise ConfigError(f"{name} must be at least {low:g}, got {value:g}.")
+    if low is not None and (value <= low if meta["low_open"] else value < low):
+        bound = f"above {_number_text(low)}" if meta["low_open"] else f"at least {_number_text(low)}"
+        raise ConfigError(f"{name} must be {bound}, got {_shown_number(value)}.")
     if high is not None and (value >= high if meta["high_open"] else value > high):
-        bound = f"below {high:g}" if meta["high_open"] else f"at most {high:g}"
-        raise ConfigError(f"{name} must be {bound}, got {value:g}.")
-    return value
+        bound = f"below {_number_text(high)}" if meta["high_open"] else f"at most {_number_text(high)}"
+        raise ConfigError(f"{name} must be {bound}, got {_shown_number(value)}.")
+
+
+def _shown_number(value: float) -> str:
+    return short_repr(value) if isinstance(value, int) else f"{value:g}"

@@ -7,16 +7,20 @@ Templates only substitute `{column}`; attribute and index access are refused, so
 from __future__ import annotations
 
 import csv
+import decimal
 import json
+import math
+import numbers
+import os
 import random
 import statistics
 import string
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from slmnb.config import FinetuneConfig
+from slmnb.config import TEMPLATES, FinetuneConfig, kind_of, short_path, short_repr, template_columns
 from slmnb.errors import ConfigError
 
 BUNDLED_DIR = Path(__file__).parent / "datasets"
@@ -51,68 +55,129 @@ def read_splits(config: FinetuneConfig) -> dict[str, Rows]:
     if config.data_files:
         rows: Rows = []
         for name in config.data_files:
-            rows.extend(read_rows(Path(name).expanduser()))
+            rows.extend(read_rows(Path(os.path.expanduser(name))))
         return {"train": rows}
     if config.data_name:
         if config.data_name in bundled_datasets():
             folder = BUNDLED_DIR / config.data_name
             return {p.stem: read_rows(p) for p in sorted(folder.glob("*.jsonl"))}
-        return _read_saved_dataset(Path(config.data_name).expanduser())
+        return _read_saved_dataset(Path(os.path.expanduser(config.data_name)))
     raise ConfigError("Give the training data: data_name (a bundled dataset such as "
                       f"{', '.join(bundled_datasets())}, or a saved datasets folder), data_files, or rows.")
 
 
 def read_rows(path: Path) -> Rows:
-    if not path.is_file():
-        raise ConfigError(f"Data file {str(path)!r} does not exist: check data_files (paths are relative to "
-                          f"{Path.cwd()}).")
+    """The rows of one data file; every way the file can be unreadable is one sentence naming it."""
+    shown = short_path(path)
+    _check_is_file(path, shown)
     suffix = path.suffix.lower()
-    if suffix in (".json", ".jsonl"):
+    if suffix not in (".json", ".jsonl", ".csv", ".parquet"):
+        raise ConfigError(f"Cannot read {short_repr(path.name)}: data files must end in .json, .jsonl, .csv or "
+                          ".parquet.")
+    try:
+        if suffix == ".parquet":
+            return _read_parquet(path, shown)
+        if suffix == ".csv":
+            return _read_csv(path)
         return _read_json(path)
-    if suffix == ".csv":
-        with open(path, newline="", encoding="utf-8") as handle:
-            return list(csv.DictReader(handle))
-    if suffix == ".parquet":
-        import pyarrow.parquet as pq
+    except UnicodeDecodeError:
+        raise ConfigError(f"Data file {shown} is not UTF-8 text: save it as UTF-8.") from None
+    except OSError as exc:
+        raise ConfigError(f"Data file {shown} cannot be read ({(exc.strerror or 'input/output error').lower()}): "
+                          "check the file.") from None
 
+
+def _check_is_file(path: Path, shown: str) -> None:
+    try:
+        is_file, is_dir = path.is_file(), path.is_dir()
+    except OSError:  # a name too long for the file system
+        raise ConfigError(f"Data file {shown} cannot be a file name (too long): check data_files.") from None
+    if is_dir:
+        raise ConfigError(f"Data file {shown} is a folder: name the files inside it, or give a saved datasets "
+                          "folder as data_name.")
+    if not is_file:
+        raise ConfigError(f"Data file {shown} does not exist: check data_files (paths are relative to "
+                          f"{Path.cwd()}).")
+
+
+def _read_parquet(path: Path, shown: str) -> Rows:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
         return pq.read_table(path).to_pylist()
-    raise ConfigError(f"Cannot read {path.name!r}: data files must end in .json, .jsonl, .csv or .parquet.")
+    except (pa.ArrowException, ValueError, TypeError):  # not Parquet, truncated, or a type Python cannot hold
+        raise ConfigError(f"Data file {shown} is not a readable Parquet file: write it again with "
+                          "pandas.DataFrame.to_parquet or pyarrow, or use another format.") from None
+
+
+def _read_csv(path: Path) -> Rows:
+    extra = "\0fields beyond the header"  # DictReader files a line's extra fields under this key
+    # utf-8-sig: Excel starts CSV files with a byte-order mark, which would otherwise open the first column's name.
+    with open(path, newline="", encoding="utf-8-sig") as handle:
+        reader = csv.DictReader(handle, restkey=extra)
+        try:
+            rows = list(reader)
+            header = reader.fieldnames or []  # read lazily: an empty file gets here with no header read yet
+        except csv.Error as exc:
+            raise ConfigError(f"{path.name} cannot be read as CSV ({exc}): check its quotes and separators.") \
+                from None
+    if len(set(header)) != len(header):
+        raise ConfigError(f"{path.name} has the same column name twice in its header: give every column its own "
+                          "name.")
+    for number, row in enumerate(rows, 1):
+        if extra in row:
+            raise ConfigError(f"{path.name} row {number} has more fields than the header: quote values that "
+                              "contain commas.")
+    return rows
 
 
 def _read_json(path: Path) -> Rows:
-    text = path.read_text(encoding="utf-8")
+    text = path.read_text(encoding="utf-8-sig")
     try:
         data = json.loads(text)  # Olive's examples: one list of objects
-    except json.JSONDecodeError:
+    except (ValueError, RecursionError):  # not one JSON document, nested too deeply, or a number too long
         data = None
     if data is None or isinstance(data, dict):
         data = []
         for number, line in enumerate(text.splitlines(), 1):  # JSON Lines
             if line.strip():
-                try:
-                    data.append(json.loads(line))
-                except json.JSONDecodeError as exc:
-                    raise ConfigError(f"{path.name} line {number} is not valid JSON ({exc.msg}): the file must "
-                                      "hold a list of objects or one object per line.") from None
+                data.append(_json_line(path, number, line))
     if not isinstance(data, list) or not all(isinstance(row, dict) for row in data):
         raise ConfigError(f"{path.name} must hold a list of objects or one object per line.")
     return data
 
 
+def _json_line(path: Path, number: int, line: str) -> Any:
+    try:
+        return json.loads(line)
+    except json.JSONDecodeError as exc:
+        problem = exc.msg
+    except (ValueError, RecursionError):
+        problem = "nested too deeply or a number too long"
+    raise ConfigError(f"{path.name} line {number} is not valid JSON ({problem}): the file must hold a list of "
+                      "objects or one object per line.")
+
+
 def _read_saved_dataset(path: Path) -> dict[str, Rows]:
-    if not path.is_dir():
-        raise ConfigError(f"data_name {str(path)!r} is neither a bundled dataset ({', '.join(bundled_datasets())}) "
-                          "nor a folder saved with datasets' save_to_disk.")
+    try:
+        is_dir = path.is_dir()
+    except OSError:
+        is_dir = False
+    if not is_dir:
+        raise ConfigError(f"data_name {short_path(path)} is neither a bundled dataset "
+                          f"({', '.join(bundled_datasets())}) nor a folder saved with datasets' save_to_disk.")
     from datasets import Dataset, DatasetDict, load_from_disk
 
     try:
         loaded = load_from_disk(str(path))
-    except FileNotFoundError:
-        raise ConfigError(f"{str(path)!r} is not a folder saved with datasets' save_to_disk.") from None
-    if isinstance(loaded, Dataset):
-        return {"train": loaded.to_list()}
-    assert isinstance(loaded, DatasetDict)
-    return {name: split.to_list() for name, split in loaded.items()}
+        if isinstance(loaded, Dataset):
+            return {"train": loaded.to_list()}
+        assert isinstance(loaded, DatasetDict)
+        return {name: split.to_list() for name, split in loaded.items()}
+    except Exception:  # datasets raises many kinds for a folder that is missing, truncated or edited by hand
+        raise ConfigError(f"{short_path(path)} is not a readable folder saved with datasets' save_to_disk: "
+                          "save the dataset again, or give its files as data_files.") from None
 
 
 # --- splits -------------------------------------------------------------------------------------------
@@ -126,13 +191,24 @@ class Data:
 
 
 def load_data(config: FinetuneConfig) -> Data:
-    """The train and eval rows of a config, checked: non-empty, and every template placeholder is a column."""
+    """The train and eval rows of a config, checked: non-empty, every template placeholder is a column, and every
+    value a template uses is text or a number in every row, so training never sees 'None' or "['Joy', 1]"."""
     splits = read_splits(config)
     train = select_split(splits, config.train_split, "train_split")
+    if not train:
+        raise ConfigError(f"The training data has no rows (train_split {short_repr(config.train_split)}): check the "
+                          "data source and the split.")
+    columns = list(dict.fromkeys(key for row in train for key in row))
+    templated = with_default_templates(config)
+    check_templates(templated, columns)
+    used = used_columns(templated)
+    check_cells(train, used, f"train_split {short_repr(config.train_split)}")
     if config.eval_split:
         eval_rows = select_split(splits, config.eval_split, "eval_split")
         if not eval_rows:
-            raise ConfigError(f"eval_split {config.eval_split!r} has no rows: pick a larger slice or another split.")
+            raise ConfigError(f"eval_split {short_repr(config.eval_split)} has no rows: pick a larger slice or "
+                              "another split.")
+        check_cells(eval_rows, used, f"eval_split {short_repr(config.eval_split)}")
     elif config.eval_size > 0 and len(train) >= 2:
         order = list(range(len(train)))
         random.Random(config.seed).shuffle(order)
@@ -144,10 +220,8 @@ def load_data(config: FinetuneConfig) -> Data:
     if config.max_samples:
         train = train[: config.max_samples]
     if not train:
-        raise ConfigError(f"The training data has no rows (train_split {config.train_split!r}): check the data "
-                          "source and the split.")
-    columns = list(dict.fromkeys(key for row in train for key in row))
-    check_templates(with_default_templates(config), columns)
+        raise ConfigError(f"The training data has no rows left after holding out eval_size {config.eval_size:g} "
+                          "for evaluation: lower eval_size or add rows.")
     return Data(train=train, eval=eval_rows, columns=columns)
 
 
@@ -157,11 +231,12 @@ def select_split(splits: dict[str, Rows], spec: str, option: str) -> Rows:
 
     try:
         parts = ReadInstruction.from_spec(spec).to_absolute({name: len(rows) for name, rows in splits.items()})
-    except (ValueError, AssertionError) as exc:
+    except (ValueError, AssertionError, KeyError, TypeError, IndexError, OverflowError) as exc:
         if "Unknown split" in str(exc):
-            raise ConfigError(f"{option} {spec!r} names no split of the data: the splits are "
+            raise ConfigError(f"{option} {short_repr(spec)} names no split of the data: the splits are "
                               f"{', '.join(splits)}.") from None
-        raise ConfigError(f"{option} {spec!r} is not a split or slice such as 'train' or 'train[:90%]'.") from None
+        raise ConfigError(f"{option} {short_repr(spec)} is not a split or slice such as 'train' or "
+                          "'train[:90%]'.") from None
     return [row for part in parts for row in splits[part.splitname][part.from_:part.to]]
 
 
@@ -169,33 +244,82 @@ def select_split(splits: dict[str, Rows], spec: str, option: str) -> Rows:
 
 
 def placeholders(template: str, option: str) -> list[str]:
-    names = []
-    try:
-        parsed = list(string.Formatter().parse(template))
-    except ValueError as exc:
-        raise ConfigError(f"{option} is malformed ({exc}): write {{column}} for a value and {{{{ }}}} for a "
-                          "literal brace.") from None
-    for _, name, spec, conversion in parsed:
-        if name is None:
-            continue
-        if not name.isidentifier() or spec or conversion:
-            raise ConfigError(f"{option} may only use plain {{column}} placeholders, not {{{name}"
-                              f"{'!' + conversion if conversion else ''}{':' + spec if spec else ''}}}.")
-        names.append(name)
-    return names
+    """The {column} names of a template (FinetuneConfig has already refused anything else)."""
+    return template_columns(template, option)
+
+
+def used_columns(config: FinetuneConfig) -> list[str]:
+    """Every column some template of the config shows."""
+    names = [name for option in TEMPLATES if getattr(config, option)
+             for name in placeholders(getattr(config, option), option)]
+    return list(dict.fromkeys(names))
 
 
 def check_templates(config: FinetuneConfig, columns: list[str]) -> None:
-    options = ("text_template", "prompt_template", "response_template")
-    if not any(getattr(config, option) for option in options):
+    if not any(getattr(config, option) for option in TEMPLATES):
         raise ConfigError("Give a text_template, or a prompt_template and response_template, using the columns: "
                           f"{', '.join(columns)}.")
-    for option in options:
+    for option in TEMPLATES:
         template = getattr(config, option)
         for name in placeholders(template, option) if template else []:
+            if name not in columns and not columns:
+                raise ConfigError(f"{option} uses {{{name}}}, and the rows have no columns at all: give rows such "
+                                  "as {'phrase': 'hi', 'tone': 'Joy'}.")
             if name not in columns:
                 raise ConfigError(f"{option} uses {{{name}}}, which is not a column: the columns are "
                                   f"{', '.join(columns)}.")
+
+
+def cell_problem(value: Any) -> str | None:
+    """Why a value cannot stand in a template, in a user's words; None when it renders as text."""
+    if isinstance(value, str):
+        if "\0" in value:  # binary data read as text, not something to train on
+            return "text with a NUL character (\\x00)"
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return "text with a lone surrogate (an invalid \\ud800-\\udfff escape)"
+        return None
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "no value"  # pandas and Parquet write a missing value as NaN or null
+    if isinstance(value, bool):
+        return "true/false"
+    if isinstance(value, numbers.Integral):
+        return None if int(value).bit_length() < 10000 else "a number with thousands of digits"
+    if isinstance(value, decimal.Decimal):
+        return None if value.is_finite() else "no value"
+    if isinstance(value, numbers.Real):
+        return None
+    return kind_of(value)
+
+
+def cell_text(value: Any) -> str:
+    """A value as a template shows it: text as is, a number written out (cell_problem has refused the rest)."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, numbers.Integral):
+        return str(int(value))
+    return str(value)
+
+
+def check_cells(rows: Rows, columns: list[str], where: str) -> None:
+    """Refuse, naming the row, a row that lacks a value a template shows, or holds one that is not text or a number."""
+    for number, row in enumerate(rows, 1):
+        for column in columns:
+            problem = cell_problem(row[column]) if column in row else "no value"
+            if problem == "no value":
+                raise ConfigError(f"Row {number} of {where} has no value in column {short_repr(column)}: fill it in "
+                                  "or remove the row.")
+            if problem:
+                raise ConfigError(f"Row {number} of {where} has {problem} in column {short_repr(column)}, which a "
+                                  "template needs as text: write it as text or remove the row.")
+
+
+def _value(row: dict[str, Any], name: str, option: str) -> str:
+    problem = cell_problem(row[name])
+    if problem:
+        raise ConfigError(f"{option} uses {{{name}}}, which holds {problem} in this row: give it text or a number.")
+    return cell_text(row[name])
 
 
 def render(template: str, row: dict[str, Any], option: str = "template") -> str:
@@ -205,8 +329,9 @@ def render(template: str, row: dict[str, Any], option: str = "template") -> str:
         out.append(literal)
         if name is not None:
             if name not in row:
-                raise ConfigError(f"{option} uses {{{name}}}, which this row lacks: the row has {', '.join(row)}.")
-            out.append(str(row[name]))
+                raise ConfigError(f"{option} uses {{{name}}}, which this row lacks: the row has "
+                                  f"{', '.join(map(str, row))}.")
+            out.append(_value(row, name, option))
     return "".join(out)
 
 
@@ -219,7 +344,7 @@ def prompt_of(template: str, row: dict[str, Any]) -> str:
             continue
         if name not in row:
             break
-        out.append(str(row[name]))
+        out.append(_value(row, name, "text_template"))
     return "".join(out)
 
 
@@ -281,12 +406,21 @@ def encode(config: FinetuneConfig, tokenizer: Any, row: dict[str, Any]) -> dict[
     return {"input_ids": ids, "labels": labels}
 
 
-def encode_rows(config: FinetuneConfig, tokenizer: Any, rows: Rows) -> tuple[list[dict[str, list[int]]], int]:
-    """Encoded rows, and how many were dropped because truncation left them no response tokens."""
+def encode_rows(config: FinetuneConfig, tokenizer: Any, rows: Rows,
+                check: Callable[[], None] | None = None) -> tuple[list[dict[str, list[int]]], int]:
+    """Encoded rows, and how many were dropped because truncation left them no response tokens.
+
+    `check` is called every 64 rows and aborts by raising: a stop request then acts within a fraction of a second
+    even while tens of thousands of rows are tokenized.
+    """
     if config.use_chat_template and not getattr(tokenizer, "chat_template", None):
         raise ConfigError(f"The tokenizer of {config.model_name_or_path} has no chat template: set "
                           "use_chat_template: false.")
-    encoded = [encode(config, tokenizer, row) for row in rows]
+    encoded = []
+    for index, row in enumerate(rows):
+        if check is not None and index % 64 == 0:
+            check()
+        encoded.append(encode(config, tokenizer, row))
     kept = [e for e in encoded if any(label != -100 for label in e["labels"])]
     return kept, len(encoded) - len(kept)
 

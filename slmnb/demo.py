@@ -32,7 +32,7 @@ def main() -> int:
     from slmnb.cli import ProgressBar
     from slmnb.opt.compare import compare
     from slmnb.opt.export import export
-    from slmnb.training.run import finetune
+    from slmnb.training.runs import finetune
 
     start = time.perf_counter()
     run = finetune(DEMO_CONFIG, listeners=[ProgressBar()])

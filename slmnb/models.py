@@ -105,8 +105,9 @@ def _convert_embedded(out: Path) -> None:
     gguf = embedded_gguf()
     model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
     # transformers keeps the GGUF quantizer attached after dequantizing, which blocks saving and training.
-    if getattr(model, "hf_quantizer", None) is not None:
-        model.hf_quantizer.remove_quantization_config(model)
+    quantizer = getattr(model, "hf_quantizer", None)
+    if quantizer is not None:
+        quantizer.remove_quantization_config(model)
     model.save_pretrained(out)
     _embedded_tokenizer().save_pretrained(out)
 

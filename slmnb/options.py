@@ -8,17 +8,27 @@ from __future__ import annotations
 
 import argparse
 from dataclasses import fields
+from typing import Any
 
-from slmnb.config import FinetuneConfig, unknown_key_message
+from slmnb.config import FinetuneConfig, short_repr, unknown_key_message
 from slmnb.errors import ConfigError
 
 FIELD_NAMES = [f.name for f in fields(FinetuneConfig)]
 
 
 class OptionParser(argparse.ArgumentParser):
-    """An ArgumentParser that raises a ConfigError sentence instead of printing usage and exiting."""
+    """An ArgumentParser that raises a ConfigError sentence instead of printing usage and exiting.
+
+    Options must be spelt out: `--max_step 5` is refused with "did you mean max_steps?", as the YAML key would be,
+    instead of being taken as an abbreviation.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> None:  # type: ignore[override]
+        message = " ".join(message.split())  # argparse's messages may span lines
         raise ConfigError(f"{message[0].upper()}{message[1:]}: see the options with --help.")
 
 
@@ -37,9 +47,14 @@ def add_config_options(parser: argparse.ArgumentParser, short: dict[str, str]) -
 
 def refuse_unknown(unknown: list[str]) -> None:
     """Name the closest field for the first option nobody recognised (`--lora_rank` -> did you mean lora_r?)."""
-    if unknown:
-        option = unknown[0].lstrip("-").split("=")[0]
-        raise ConfigError(unknown_key_message(option, FIELD_NAMES))
+    if not unknown:
+        return
+    token = unknown[0]
+    option = token.lstrip("-").split("=")[0]
+    if not token.startswith("-") or not option or option[0].isdigit() or option.startswith("."):
+        raise ConfigError(f"Unexpected {short_repr(token)}: options are written --name value, such as "
+                          "--max_steps 60, with quotes around values that contain spaces.")
+    raise ConfigError(unknown_key_message(option, FIELD_NAMES))
 
 
 def add_export_options(parser: argparse.ArgumentParser) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import re
 import shutil
 import uuid
 from collections.abc import Callable, Iterator
@@ -48,14 +49,56 @@ def build_folder_once(target: Path, build: Callable[[Path], None]) -> Path:
     return target
 
 
-def temp_sibling(target: Path) -> Path:
+# A temp name carries its writer's pid, so a later process can tell a dead writer's leftovers from work in progress.
+_TEMP_NAME = re.compile(r"^\.(?P<name>.+)\.(?:tmp|old)-(?P<pid>\d+)-[0-9a-f]{8}$")
+
+
+def temp_sibling(target: Path, kind: str = "tmp") -> Path:
     """Where a file or folder is written before it gets its name: hidden, so nothing picks up a half-written one."""
-    return target.parent / f".{target.name}.tmp-{uuid.uuid4().hex[:8]}"
+    return target.parent / f".{target.name}.{kind}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+
+
+def sweep_temps(folder: Path) -> list[Path]:
+    """Remove the temp files and folders in `folder` left by writers that died (kill -9, power cut).
+
+    Returns what was removed. A temp of a live process (this one included) is left alone: it may be mid-write.
+    """
+    removed: list[Path] = []
+    try:
+        entries = list(folder.iterdir())
+    except OSError:
+        return removed
+    for entry in entries:
+        match = _TEMP_NAME.match(entry.name)
+        if match is None or process_alive(int(match["pid"])):
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            with contextlib.suppress(OSError):
+                entry.unlink()
+        removed.append(entry)
+    return removed
+
+
+def process_alive(pid: int) -> bool:
+    """Whether a process with this id exists (a zombie counts: it is gone for our purposes, but rare)."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    except OverflowError:
+        return False
+    return True
 
 
 def replace_folder(tmp: Path, target: Path) -> None:
     """Move a complete folder `tmp` into place at `target`, replacing an older one."""
-    old = target.parent / f".{target.name}.old-{uuid.uuid4().hex[:8]}"
+    old = temp_sibling(target, "old")
     if target.exists():
         os.rename(target, old)
     os.rename(tmp, target)

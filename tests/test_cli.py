@@ -45,8 +45,16 @@ def test_cli_bad_input_is_one_sentence_and_nonzero(config_file: Path, capsys, ar
 
 
 def test_cli_reports_a_failed_run(config_file: Path, capsys) -> None:
-    assert main(["finetune", str(config_file), "--target_modules", "nothing", "--name", "bad"]) == 1
-    assert "match no layer of this model" in capsys.readouterr().err.splitlines()[-1]
+    from slmnb.models import model_folder
+
+    broken = config_file.parent / "broken-model"
+    shutil.copytree(model_folder("tiny-llama"), broken)
+    (broken / "model.safetensors").write_bytes((broken / "model.safetensors").read_bytes()[:20000])
+    assert main(["finetune", str(config_file), "-m", str(broken), "--name", "bad"]) == 1
+    last = capsys.readouterr().err.splitlines()[-1]
+    assert last.startswith("error: ") and "error.log" in last
+    assert main(["finetune", str(config_file), "--target_modules", "nothing", "--name", "typo"]) == 2
+    assert "matches no layer of this model" in capsys.readouterr().err
 
 
 def test_progress_bar_on_a_pipe_prints_tenths_and_evals(tmp_path) -> None:

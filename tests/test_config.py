@@ -98,3 +98,163 @@ def test_missing_config_file() -> None:
 def test_replace_checks_the_new_values() -> None:
     with pytest.raises(ConfigError, match="lora_r must be at least 1"):
         FinetuneConfig().replace(lora_r=0)
+
+
+# --- bad input: each case once, by name (tests/test_bad_input.py generates many more) -----------------------
+
+
+def refused(values: dict | str) -> str:
+    with pytest.raises(ConfigError) as info:
+        FinetuneConfig.from_dict(values) if isinstance(values, dict) else load_config(values)
+    text = str(info.value)
+    assert "\n" not in text and text.endswith((".", "?")), text
+    for internal in ("OverflowError", "ValueError", "cannot convert", "Exceeds the limit", "[Errno"):
+        assert internal not in text
+    return text
+
+
+@pytest.mark.parametrize("value", [".inf", "-.inf", ".nan", "1e400", "inf", "nan", "'-Infinity'", "1.0e+400"])
+@pytest.mark.parametrize("name", ["lora_r", "max_steps", "seed"])
+def test_non_finite_numbers_in_whole_number_fields_are_one_sentence(name: str, value: str) -> None:
+    assert f"{name} must be a finite number" in refused(f"{name}: {value}")
+
+
+@pytest.mark.parametrize("name", ["lora_dropout", "learning_rate", "num_train_epochs", "weight_decay", "eval_size",
+                                  "warmup_ratio"])
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), "nan", "inf", 10**400],
+                         ids=["nan", "inf", "nan-text", "inf-text", "10**400"])
+def test_non_finite_numbers_are_refused_for_every_float_field(name: str, value) -> None:
+    message = refused({name: value})
+    assert f"{name} must be a finite number" in message or "got a number with about 401 digits" in message
+
+
+def test_huge_whole_numbers_are_one_sentence() -> None:
+    assert "lora_r must be at most 4096, got a number with about 5001 digits." in refused({"lora_r": 10**5000})
+    assert "max_steps must be a number of a sensible size" in refused({"max_steps": "9" * 5000})
+    assert "must be at most 2147483647" in refused({"per_device_train_batch_size": 2**40})
+
+
+def test_seed_is_bounded_by_what_numpy_accepts() -> None:
+    assert "seed must be at most 4294967295, got 4294967296." in refused({"seed": 2**32})
+    assert FinetuneConfig(seed=2**32 - 1).seed == 2**32 - 1
+
+
+def test_lora_rank_and_alpha_have_sane_upper_bounds() -> None:
+    assert "lora_r must be at most 4096, got 1000000000000000." in refused({"lora_r": 10**15})
+    assert "lora_alpha must be at most 65536" in refused({"lora_alpha": 10**7})
+    assert FinetuneConfig(lora_r=4096, lora_alpha=65536).lora_r == 4096
+
+
+def test_zero_epochs_is_refused() -> None:
+    assert "num_train_epochs must be above 0, got 0." in refused({"num_train_epochs": 0})
+    assert FinetuneConfig(num_train_epochs=0.5).num_train_epochs == 0.5
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"text_template": "{{}}"}, "text_template uses no {column}"),
+        ({"text_template": "just text"}, "text_template uses no {column}"),
+        ({"prompt_template": "{phrase}", "response_template": "Joy"}, "response_template uses no {column}"),
+        ({"prompt_template": "{phrase}", "response_template": "{{tone}}"}, "response_template uses no {column}"),
+        ({"prompt_template": "{phrase!r}", "response_template": "{tone}"}, "may only use plain {column}"),
+        ({"prompt_template": "{}", "response_template": "{tone}"}, "may only use plain {column}"),
+    ],
+)
+def test_templates_that_use_no_column_or_more_than_names_are_refused(values: dict, message: str) -> None:
+    assert message in refused(values)
+
+
+def test_a_prompt_may_use_no_column() -> None:
+    config = FinetuneConfig(prompt_template="Write a haiku:", response_template="{haiku}")
+    assert config.prompt_template == "Write a haiku:"
+
+
+@pytest.mark.parametrize("name", ["abc\n", "a" * 101, ".hidden", "-x", "a b", "a/b", "é"])
+def test_bad_names_are_refused(name: str) -> None:
+    assert refused({"name": name}).startswith("name ")
+
+
+def test_a_name_of_100_characters_is_fine() -> None:
+    assert FinetuneConfig(name="a" * 100).name == "a" * 100
+
+
+@pytest.mark.parametrize("text", ["a\0b", "\ud800"])
+def test_text_with_nul_or_lone_surrogates_is_refused(text: str) -> None:
+    assert "data_name contains a" in refused({"data_name": text})
+    assert "target_modules contains a" in refused({"target_modules": [text]})
+
+
+@pytest.mark.parametrize("rows", [[{1: "a"}], [{None: "a"}], [{("a", "b"): 1}]])
+def test_rows_with_keys_that_are_not_text_are_one_sentence(rows: list) -> None:
+    assert "Row 1 of rows has the key" in refused({"rows": rows})
+    assert "Row 1 of rows has the key 1, which is not text" in refused("rows: [{1: a}]")
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("a: " + "[" * 5000 + "]" * 5000, "nests too deeply"),
+        ("max_steps: " + "9" * 5000, "holds a value that YAML cannot read"),
+        ("lora_r: !!int x", "holds a value that YAML cannot read"),
+        ("[1, 2]", "must be a mapping"),
+        ("lora_r: [[[[[1]]]]]", "lora_r must be a number, got a list."),
+        ("{1: 2}", "Config keys are field names such as max_steps, not a number (1)."),
+        ("data_name: !!binary eA==", "data_name must be a text value, got bytes."),
+    ],
+)
+def test_yaml_that_python_cannot_hold_is_one_sentence(text: str, message: str) -> None:
+    assert message in refused(text)
+
+
+def test_a_huge_value_in_a_message_is_shortened() -> None:
+    message = refused({"method": "x" * 10_000})
+    assert len(message) < 300 and "..." in message
+
+
+# --- config files and paths ---------------------------------------------------------------------------------
+
+
+def test_a_config_file_that_is_not_utf8_is_one_sentence(tmp_path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_bytes("name: caf\xe9\n".encode("latin-1"))
+    assert "c.yaml' is not UTF-8 text" in refused(str(path))
+
+
+def test_a_config_file_with_a_byte_order_mark_loads(tmp_path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("max_steps: 7\n", encoding="utf-8-sig")
+    assert load_config(str(path)).max_steps == 7
+
+
+def test_a_one_line_string_naming_a_file_is_a_path_whatever_its_extension(workdir) -> None:
+    (workdir / "job.cfg").write_text("max_steps: 9\n")
+    assert load_config("job.cfg").max_steps == 9
+    (workdir / "notes.txt").write_text("these are notes\n")
+    assert refused("notes.txt") == ("Config file 'notes.txt' must hold a mapping of keys to values, such as "
+                                    "'max_steps: 60', not text.")
+    (workdir / "list.yaml").write_text("- a\n- b\n")
+    assert "Config file 'list.yaml' must hold a mapping" in refused("list.yaml")
+    (workdir / "folder").mkdir()
+    assert "Config file 'folder' is a folder" in refused("folder")
+
+
+@pytest.mark.parametrize("path", ["job.txt", "configs/job", "nowhere.yml", "~/no/such/config"])
+def test_a_missing_path_says_it_does_not_exist(workdir, path: str) -> None:
+    assert refused(path) == f"Config file {path!r} does not exist: check the path."
+
+
+def test_one_line_yaml_is_still_yaml() -> None:
+    assert load_config("{max_steps: 3}").max_steps == 3
+    assert load_config("max_steps: 3").max_steps == 3
+    assert load_config("").max_steps is None
+
+
+@pytest.mark.parametrize("name", ["model_name_or_path", "train_split", "method", "lora_r", "learning_rate"])
+@pytest.mark.parametrize("value", ["", "  "])
+def test_empty_text_for_a_field_with_a_default_needs_a_value(name: str, value: str) -> None:
+    assert refused({name: value}).startswith(f"{name} needs a value; its default is ")
+
+
+def test_empty_text_clears_a_field_whose_default_is_empty() -> None:
+    assert FinetuneConfig(max_steps="", eval_split="", name="").max_steps is None

@@ -14,6 +14,7 @@ from slmnb.notebook.dashboard import Dashboard
 from slmnb.training import events as ev
 from slmnb.training.run import TrainingRun
 from slmnb.training.runfiles import RunFolder
+from slmnb.training.states import RunState
 
 
 def started(max_steps: int, step: int = 0) -> ev.Started:
@@ -28,8 +29,10 @@ def step(n: int, loss: float = 1.0) -> ev.Step:
 
 @pytest.fixture
 def run(workdir: Path) -> TrainingRun:
-    """A real TrainingRun fed events by the test, as the training thread would."""
-    return TrainingRun(FinetuneConfig(data_name="tones", name="fake"), RunFolder(workdir / "runs" / "fake"))
+    """A real TrainingRun fed events by the test, as the training thread would once it starts."""
+    folder = RunFolder(workdir / "runs" / "fake")
+    folder.path.mkdir(parents=True)
+    return TrainingRun(FinetuneConfig(data_name="tones", name="fake"), folder, RunState.STARTING)
 
 
 def test_updates_are_throttled_and_long_runs_decimated(run: TrainingRun, comms: list) -> None:

@@ -148,3 +148,159 @@ def test_preview_renders_rows_and_counts_tokens() -> None:
     assert 0 < stats["min"] <= stats["median"] <= stats["max"] <= 128
     assert shown.truncated == 0 and shown.dropped == 0
     assert "tokens per example" in str(shown)
+
+
+# --- bad input: each case once, by name (tests/test_bad_input.py generates many more) -----------------------
+
+
+def refused(**values) -> str:
+    with pytest.raises(ConfigError) as info:
+        load_data(config(**values))
+    text = str(info.value)
+    assert "\n" not in text and text.endswith("."), text
+    for internal in ("Error", "[Errno", "codec", "Traceback"):
+        assert internal not in text, text
+    return text
+
+
+def with_cell(value, row: int = 3, column: str = "tone") -> list[dict]:
+    rows = [dict(r) for r in ROWS]
+    rows[row - 1][column] = value
+    return rows
+
+
+@pytest.mark.parametrize(
+    ("value", "problem"),
+    [(None, "has no value in column 'tone': fill it in or remove the row."),
+     (float("nan"), "has no value in column 'tone'"),
+     (["Joy", 1], "has a list in column 'tone', which a template needs as text: write it as text or remove the row."),
+     ({"a": 1}, "has a mapping in column 'tone'"),
+     (b"x", "has bytes in column 'tone'"),
+     (True, "has true/false in column 'tone'"),
+     ("J\0y", "has text with a NUL character"),
+     ("\ud800", "has text with a lone surrogate")],
+    ids=["None", "nan", "list", "mapping", "bytes", "bool", "nul", "surrogate"],
+)
+def test_cells_that_are_not_text_are_refused_naming_row_and_column(tmp_path, value, problem: str) -> None:
+    rows = with_cell(value)
+    inline = refused(rows=rows)  # inline rows: the config itself refuses text it could not write to config.yaml
+    assert inline.startswith("Row 3 of") and problem.removeprefix("has ").removeprefix("text with ") in inline
+    if not isinstance(value, bytes):  # the same from a file, where the config cannot look at the rows
+        (tmp_path / "rows.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        assert f"Row 3 of train_split 'train' {problem}" in refused(data_files=str(tmp_path / "rows.jsonl"))
+
+
+def test_a_row_without_a_templated_column_is_refused_by_number() -> None:
+    rows = [dict(r) for r in ROWS]
+    del rows[6]["phrase"]
+    assert refused(rows=rows) == "Row 7 of train_split 'train' has no value in column 'phrase': fill it in or remove " \
+                                 "the row."
+
+
+def test_bad_cells_in_the_eval_split_are_refused_too(tmp_path) -> None:
+    from datasets import Dataset, DatasetDict
+
+    DatasetDict({"train": Dataset.from_list(ROWS), "test": Dataset.from_list(with_cell(None, row=2))}).save_to_disk(
+        str(tmp_path / "saved"))
+    assert "Row 2 of eval_split 'test' has no value in column 'tone'" in refused(
+        data_name=str(tmp_path / "saved"), eval_split="test")
+
+
+def test_numbers_in_cells_render_as_text_and_unused_columns_are_not_checked() -> None:
+    rows = [{"phrase": i, "tone": 1.5, "extra": None} for i in range(10)]
+    data = load_data(config(rows=rows, eval_size=0))
+    assert len(data.train) == 10
+    from slmnb.data import render
+
+    assert render("{phrase} is {tone}", rows[3]) == "3 is 1.5"
+    with pytest.raises(ConfigError, match=r"response_template uses \{tone\}, which holds a list in this row"):
+        render("{tone}", {"tone": ["Joy"]}, "response_template")
+
+
+def test_data_files_that_are_not_utf8_are_one_sentence(tmp_path) -> None:
+    for suffix in ("json", "jsonl", "csv"):
+        path = tmp_path / f"latin.{suffix}"
+        text = json.dumps(ROWS[0], ensure_ascii=False) if suffix != "csv" else "phrase,tone\ncafé,Joy\n"
+        path.write_bytes(text.replace("p0", "café").encode("latin-1"))
+        assert refused(data_files=str(path)).endswith(f"latin.{suffix}' is not UTF-8 text: save it as UTF-8.")
+
+
+def test_a_file_named_parquet_that_is_not_parquet_is_one_sentence(tmp_path) -> None:
+    (tmp_path / "fake.parquet").write_text("phrase,tone\nhi,Joy\n")
+    assert "fake.parquet' is not a readable Parquet file" in refused(data_files=str(tmp_path / "fake.parquet"))
+
+
+@pytest.mark.parametrize("damage", ["empty folder", "garbage state", "garbage arrow", "no arrow"])
+def test_a_broken_saved_dataset_folder_is_one_sentence(tmp_path, damage: str) -> None:
+    from datasets import Dataset
+
+    folder = tmp_path / "saved"
+    Dataset.from_list(ROWS).save_to_disk(str(folder))
+    arrow = next(folder.glob("*.arrow"))
+    if damage == "empty folder":
+        for path in folder.iterdir():
+            path.unlink()
+    elif damage == "garbage state":
+        (folder / "state.json").write_text("[1, 2")
+    elif damage == "garbage arrow":
+        arrow.write_bytes(b"\x00garbage" * 10)
+    else:
+        arrow.unlink()
+    assert "is not a readable folder saved with datasets' save_to_disk" in refused(data_name=str(folder))
+
+
+def test_a_csv_with_a_byte_order_mark_keeps_its_first_column_name(tmp_path) -> None:
+    path = tmp_path / "excel.csv"
+    path.write_text("phrase,tone\n" + "".join(f"{r['phrase']},{r['tone']}\n" for r in ROWS), encoding="utf-8-sig")
+    assert load_data(config(data_files=str(path), eval_size=0)).columns == ["phrase", "tone"]
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [("phrase,tone\na,Joy,extra\n", "bad.csv row 1 has more fields than the header"),
+     ("phrase,tone\na\n", "Row 1 of train_split 'train' has no value in column 'tone'"),
+     ("phrase,phrase\na,b\n", "the same column name twice"),
+     ("", "The training data has no rows"),
+     ('phrase,tone\n"a' + "b" * 200_000 + '",Joy\n', "bad.csv cannot be read as CSV (field larger than field limit")],
+)
+def test_broken_csv_files_are_one_sentence(tmp_path, text: str, message: str) -> None:
+    (tmp_path / "bad.csv").write_text(text)
+    assert message in refused(data_files=str(tmp_path / "bad.csv"))
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [("[" * 100_000 + "]" * 100_000, "line 1 is not valid JSON (nested too deeply or a number too long)"),
+     ('[{"phrase": "a", "tone": ' + "9" * 5000 + "}]", "line 1 is not valid JSON"),
+     ("{}", "the rows have no columns at all"),
+     ("[[1, 2]]", "must hold a list of objects or one object per line")],
+)
+def test_json_that_python_cannot_hold_is_one_sentence(tmp_path, text: str, message: str) -> None:
+    (tmp_path / "bad.json").write_text(text)
+    assert message in refused(data_files=str(tmp_path / "bad.json"))
+
+
+def test_data_paths_that_cannot_exist_are_one_sentence(tmp_path) -> None:
+    assert "cannot be a file name (too long)" in refused(data_files="x" * 5000 + ".json")
+    assert "does not exist" in refused(data_files="~nobody-at-all/rows.json")
+    assert "is a folder" in refused(data_files=str(tmp_path))
+    assert "is neither a bundled dataset" in refused(data_name="~nobody-at-all/saved")
+
+
+def test_encode_rows_calls_check_every_64_rows_and_lets_it_abort(tokenizer) -> None:
+    from slmnb.data import encode_rows
+
+    calls: list[int] = []
+
+    def check() -> None:
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt("stop")
+
+    rows = [{"phrase": f"p{i}", "tone": "Joy"} for i in range(300)]
+    encoded, dropped = encode_rows(config(), tokenizer, rows[:130], check=lambda: calls.append(1))
+    assert len(encoded) == 130 and dropped == 0 and len(calls) == 3  # rows 0, 64 and 128
+    calls.clear()
+    with pytest.raises(KeyboardInterrupt):
+        encode_rows(config(), tokenizer, rows, check=check)
+    assert len(calls) == 3

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -245,3 +246,188 @@ def test_a_failed_build_is_one_sentence_with_the_builders_own_lines(tmp_path) ->
     assert message.startswith("The ONNX model builder failed (exit code 1): ")
     assert "nosucharch" in message and str(log) in message and "\n" not in message
     assert "Traceback" in log.read_text()
+
+
+# --- bad adapters, leftovers, names and outputs: one sentence each, and before the builder starts -------------
+
+INTERNAL = ("Traceback", "Error:", "Errno", "KeyError", "ValueError", "SafetensorError", "object has no attribute")
+
+
+def one_sentence(message: str) -> None:
+    assert "\n" not in message and not any(word in message for word in INTERNAL), message
+
+
+def copy_run(name: str, **config_changes: str) -> Path:
+    """A copy of the `tuned` run under another name, with config.yaml lines replaced."""
+    shutil.copytree("runs/tuned", f"runs/{name}")
+    config = Path(f"runs/{name}/config.yaml")
+    text = config.read_text().replace("name: tuned", f"name: {name}")
+    for key, value in config_changes.items():
+        text = "\n".join(f"{key}: {value}" if line.startswith(f"{key}:") else line for line in text.splitlines())
+    config.write_text(text + "\n")
+    return Path(f"runs/{name}/adapter")
+
+
+@pytest.fixture
+def no_builder(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The checks must stop a bad adapter before the minute-long builder: reaching it fails the test."""
+    def refuse(*args, **kwargs):
+        raise AssertionError("the builder was started")
+
+    monkeypatch.setattr("slmnb.opt.export.run_builder", refuse)
+
+
+def save_lora(adapter: Path, change) -> None:
+    """Rewrite the adapter's weights: change(name, tensor) gives the new {name: tensor} for each one."""
+    from safetensors.torch import load_file, save_file
+
+    tensors = {}
+    for name, tensor in load_file(str(adapter / "adapter_model.safetensors")).items():
+        tensors.update(change(name, tensor))
+    save_file(tensors, str(adapter / "adapter_model.safetensors"))
+
+
+def test_a_broken_adapter_is_one_sentence_before_the_builder(inside, tmp_path, no_builder) -> None:
+    empty = copy_run("empty-adapter")
+    shutil.rmtree(empty)
+    empty.mkdir()
+    truncated = copy_run("cut-adapter")
+    weights = truncated / "adapter_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    garbled = copy_run("garbled-config")
+    (garbled / "adapter_config.json").write_bytes(b"\xff\xfe{")
+    cases = {"empty-adapter": "is empty", "cut-adapter": "is truncated or damaged",
+             "garbled-config": "is damaged"}
+    for name, problem in cases.items():
+        for adapters in ("switchable", "merged"):
+            with pytest.raises(ExportError, match=problem) as failure:
+                slmnb.export(name, precision="fp32", adapters=adapters, output=tmp_path / "fresh")
+            assert "resume the run or train it again" in str(failure.value)
+            one_sentence(str(failure.value))
+
+
+def test_an_adapter_of_another_base_model_is_refused_before_the_builder(inside, tmp_path, no_builder) -> None:
+    import torch
+
+    wider = copy_run("wider")  # trained on a model with hidden size 96 where tiny-llama has 64
+    save_lora(wider, lambda name, t: {name: torch.zeros(t.shape[0], 96) if ".lora_A." in name else t})
+    deeper = copy_run("deeper")  # a model with more layers
+    save_lora(deeper, lambda name, t: {name: t, name.replace("layers.1.", "layers.5."): t.clone()})
+    other = copy_run("other-modules")  # a GPT-2 style model's fused c_attn
+    save_lora(other, lambda name, t: {name.replace("q_proj", "c_attn"): t})
+    named = copy_run("named-other")  # adapter_config.json names another base than the run's config
+    config = json.loads((named / "adapter_config.json").read_text())
+    (named / "adapter_config.json").write_text(json.dumps({**config, "base_model_name_or_path": "smollm2-135m"}))
+    cases = {"wider": r"does not fit tiny-llama: its layer 0 \w+ has 96 inputs where tiny-llama has (64|128)",
+             "deeper": "adapts layer 5 where tiny-llama has 2 layers",
+             "other-modules": "adapts c_attn modules, which tiny-llama does not have",
+             "named-other": "adapter was trained on smollm2-135m .* but the run's config names tiny-llama"}
+    for name, problem in cases.items():
+        for adapters in ("switchable", "merged"):
+            with pytest.raises(ExportError, match=problem) as failure:
+                slmnb.export(name, precision="fp32", adapters=adapters, output=tmp_path / "fresh")
+            one_sentence(str(failure.value))
+
+
+def test_a_failed_build_keeps_the_log_it_names(inside, tmp_path) -> None:
+    """The builder fails inside an export (here: a base model of an unknown architecture): the message keeps
+    the builder's own error line, and the log it names exists afterwards, with nothing half-built left."""
+    from slmnb.models import model_folder
+
+    model = tmp_path / "odd-model"
+    shutil.copytree(model_folder("tiny-llama"), model)
+    config = json.loads((model / "config.json").read_text())
+    (model / "config.json").write_text(json.dumps({**config, "model_type": "nosucharch"}))
+    adapter = copy_run("odd", model_name_or_path=str(model))
+    adapter_config = json.loads((adapter / "adapter_config.json").read_text())
+    (adapter / "adapter_config.json").write_text(json.dumps({**adapter_config, "base_model_name_or_path": str(model)}))
+    out = tmp_path / "out"
+    with pytest.raises(ExportError) as failure:
+        slmnb.export("odd", precision="fp32", output=out)
+    message = str(failure.value)
+    assert message.startswith("The ONNX model builder failed (exit code 1): ") and "nosucharch" in message
+    log = Path(message.split("its whole output is in ")[1].split(";")[0])
+    assert log.is_file() and "nosucharch" in log.read_text() and log.parent == out
+    assert [p.name for p in out.iterdir() if not p.name.endswith((".lock", ".builder.log"))] == []
+
+
+def dead_pid() -> int:
+    child = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
+                           check=True)
+    return int(child.stdout)
+
+
+def test_temps_of_killed_writers_are_removed_at_the_next_export(inside) -> None:
+    """Temps carry their writer's pid: a dead writer's are swept, a live one's (maybe mid-write) are kept."""
+    from slmnb.paths import slmnb_home
+
+    dead = dead_pid()
+    base = inside["fp32"].folder
+    # Folders and files, in every folder an export writes temps into.
+    leftovers = [Path("onnx") / f".tuned-fp32-merged.tmp-{dead}-0123abcd",
+                 base / f".slmnb-export.json.tmp-{dead}-0a1b2c3d",
+                 base / "adapters" / f".tuned.onnx_adapter.old-{dead}-89abcdef",
+                 slmnb_home() / "models" / f".tiny-llama-v0.tmp-{dead}-fedcba98"]
+    live = [Path("onnx") / f".tuned-int8-merged.tmp-{os.getpid()}-01234567",
+            base / "adapters" / f".tuned.onnx_adapter.tmp-{os.getpid()}-76543210"]
+    for path in leftovers[::2] + live[:1]:
+        path.mkdir(parents=True)
+        (path / "model.onnx.data").write_bytes(b"half")
+    for path in leftovers[1::2] + live[1:]:
+        path.write_bytes(b"half")
+    ex = slmnb.export("tuned", precision="fp32")
+    assert ex.folder == base
+    assert [path for path in leftovers if path.exists()] == []
+    assert all(path.exists() for path in live)
+    for path in live:
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+
+
+def test_run_names_never_leave_the_runs_folder(inside, tmp_path, ip) -> None:
+    from IPython.core.error import UsageError
+
+    for name in ("../../x", "a/b", "..", "runs/../../nosuch", "a\\b"):
+        with pytest.raises(ExportError, match="neither a run folder .* nor a run name") as failure:
+            slmnb.export(name, precision="fp32")
+        one_sentence(str(failure.value))
+    with pytest.raises(ExportError, match="neither a run folder"):
+        slmnb.compare(["tuned", "../../x"])
+    with pytest.raises(UsageError, match="neither a run folder"):
+        ip.run_line_magic("opt", "export ../../x")
+    with pytest.raises(UsageError, match="neither a run folder"):
+        ip.run_line_magic("opt", "compare ../../x")
+    # A path that is a run folder stays a way to name a run.
+    assert slmnb.export(str(Path("runs/tuned").resolve()), precision="fp32").folder == inside["fp32"].folder
+
+
+def test_bad_options_and_outputs_are_one_sentence(inside, tmp_path) -> None:
+    a_file = tmp_path / "a-file"
+    a_file.write_text("not a folder")
+    cases = [({"output": a_file}, "is a file: give a folder"),
+             ({"output": a_file / "sub"}, "which is a file: give another output folder"),
+             ({"output": 5}, "not a folder path"),
+             ({"adapters": "merge"}, r"adapters 'merge' is not supported: use one of switchable, merged\."),
+             ({"precision": None}, "precision None is not supported"),
+             ({"output": "/proc/slmnb-export"}, "could not write|cannot be written")]
+    for options, problem in cases:
+        with pytest.raises(ExportError, match=problem) as failure:
+            slmnb.export("tuned", **{"precision": "fp32", **options})
+        one_sentence(str(failure.value))
+    for options, problem in [({"few_shot": -1}, "few_shot must be a whole number of at least 0"),
+                             ({"max_new_tokens": 0}, "max_new_tokens must be a whole number of at least 1")]:
+        with pytest.raises(ExportError, match=problem):
+            slmnb.compare("tuned", **options)
+
+
+def test_a_full_disk_during_export_is_one_sentence(inside, monkeypatch) -> None:
+    import errno
+
+    def full(weights, path):
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    copy_run("no-room")
+    monkeypatch.setattr("slmnb.opt.export.write_adapter", full)
+    with pytest.raises(ExportError, match=r"could not write .*no-room.onnx_adapter \(no space left on device\): "
+                                          r"make room on the disk, then export again\.") as failure:
+        slmnb.export("no-room", precision="fp32")
+    one_sentence(str(failure.value))

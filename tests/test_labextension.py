@@ -1,14 +1,22 @@
 """The JupyterLab extension's parts that Python can check without a browser (tests/test_browser.py drives the rest).
 
 The cell templates live in labextension/src/templates.json, bundled into the extension; the fine-tune template
-must stay the reference job of `make demo`, and the export cell must use options %opt accepts.
+must stay the reference job of `make demo`, and the export cell must use options %opt accepts. The wheel built
+from this checkout, installed where Node is absent, must show the extension to JupyterLab as enabled and OK.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import re
 import shlex
+import shutil
+import subprocess
+import sys
 from pathlib import Path
+
+import pytest
 
 from slmnb.config import FinetuneConfig
 from slmnb.demo import DEMO_CONFIG
@@ -37,14 +45,68 @@ def test_the_export_template_uses_options_that_opt_compare_accepts() -> None:
     assert options["runs"] == ["{RUN}"] and options["evaluate"] and options["few_shot"] == 4
 
 
-def test_the_wheel_ships_the_prebuilt_extension() -> None:
-    """What `pip install slmnb` puts where JupyterLab looks: share/jupyter/labextensions/slmnb."""
-    import slmnb
+@pytest.fixture(scope="module")
+def wheel_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A fresh venv holding the wheel built from this checkout, as `pip install slmnb` leaves a JupyterLab user.
 
-    (paths,) = slmnb._jupyter_labextension_paths()
-    built = Path(slmnb.__file__).parent / paths["src"]
+    The wheel is built without build isolation, with the [build-system] tools that `make setup` puts in the test
+    venv (pip's own isolated build env installs jupyterlab again on every build, which was twice as slow); its
+    hatch-jupyter-builder hook rebuilds the extension from labextension/ with jlpm and Node. The fresh venv then
+    gets jupyterlab and the wheel with --no-deps, Node off PATH: the wheel's own dependencies (torch, transformers...)
+    take minutes to install and play no part in how JupyterLab finds the extension, and without Node nothing could
+    be built at install time, so what JupyterLab shows there is what the wheel ships.
+    """
+    work = tmp_path_factory.mktemp("wheel")
+    _run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--check-build-dependencies",
+          "--quiet", "-w", str(work / "dist"), str(ROOT)],
+         env={**os.environ, "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ["PATH"]])},
+         hint="the [build-system] requires of pyproject.toml must be in the test venv: run `make setup`")
+    (wheel,) = (work / "dist").glob("slmnb-*.whl")
+    venv = work / "venv"
+    _run([sys.executable, "-m", "venv", "--without-pip", str(venv)])
+    no_node = _without_node(venv)
+    pip = [sys.executable, "-m", "pip", "--python", str(venv / "bin" / "python"), "install", "--quiet"]
+    _run([*pip, "-c", str(ROOT / "constraints.txt"), "jupyterlab"], env=no_node)
+    _run([*pip, "--no-deps", str(wheel)], env=no_node)
+    return venv
+
+
+def _without_node(venv: Path) -> dict[str, str]:
+    """The environment of a machine with only the venv on PATH, and Jupyter's per-user folders left empty."""
+    home = venv.parent / "home"
+    env = {"PATH": str(venv / "bin"), "HOME": str(home), "JUPYTER_CONFIG_DIR": str(home / "config"),
+           "JUPYTER_DATA_DIR": str(home / "data"), "LANG": "C.UTF-8"}
+    assert shutil.which("node", path=env["PATH"]) is None
+    return env
+
+
+def _run(command: list[str], env: dict[str, str] | None = None, hint: str = "") -> str:
+    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=240)
+    output = done.stdout + done.stderr
+    assert done.returncode == 0, f"{shlex.join(command[:7])}... failed{hint and f' ({hint})'}:\n{output[-4000:]}"
+    return output
+
+
+# Building the wheel (about a minute) counts towards the first of these.
+@pytest.mark.timeout(480)
+def test_the_wheel_ships_the_prebuilt_extension_enabled_and_ok(wheel_venv: Path) -> None:
+    """What `pip install slmnb` puts where JupyterLab looks (share/jupyter/labextensions/slmnb), and what it says."""
+    listing = _run([str(wheel_venv / "bin" / "jupyter"), "labextension", "list"], env=_without_node(wheel_venv))
+    listing = re.sub(r"\x1b\[[0-9;]*m", "", listing)  # its colours
+    shared = wheel_venv / "share" / "jupyter" / "labextensions"
+    section = listing.partition(str(shared))[2]
+    assert re.search(r"^\s+slmnb v\S+ enabled OK \(python, slmnb\)$", section, re.MULTILINE), listing
+    built = shared / "slmnb"
     package = json.loads((built / "package.json").read_text(encoding="utf-8"))
-    assert package["name"] == paths["dest"] == "slmnb"
-    remote = package["jupyterlab"]["_build"]["load"]
-    assert (built / remote).is_file()
+    assert (built / package["jupyterlab"]["_build"]["load"]).is_file()
     assert (built / "schemas" / "slmnb" / "plugin.json").is_file()
+    assert package["version"] == json.loads((ROOT / "labextension" / "package.json").read_text())["version"]
+
+
+@pytest.mark.timeout(480)
+def test_the_wheel_says_the_version_of_package_json(wheel_venv: Path) -> None:
+    """The wheel's metadata takes its version from labextension/package.json, and slmnb.__version__ reads it."""
+    code = "import importlib.metadata, slmnb; print(importlib.metadata.version('slmnb'), slmnb.__version__)"
+    shown = _run([str(wheel_venv / "bin" / "python"), "-c", code], env=_without_node(wheel_venv)).split()
+    version = json.loads((ROOT / "labextension" / "package.json").read_text(encoding="utf-8"))["version"]
+    assert shown == [version, version]

@@ -129,7 +129,7 @@ def test_subcommands(ip, workdir: Path, body: str) -> None:
     assert run.status == "stopped" and run.step < 400
     resumed = ip.run_line_magic("finetune", "resume sub --wait")
     assert resumed is run and (run.status, run.step) == ("finished", 400)
-    with pytest.raises(UsageError, match="has finished"):
+    with pytest.raises(UsageError, match="to train it longer, resume it with max_steps greater than 400"):
         ip.run_line_magic("finetune", "resume sub")
     assert ip.run_line_magic("finetune", "show sub") is None  # re-opens the dashboard from its history
 

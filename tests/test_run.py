@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import threading
 import time
 from pathlib import Path
@@ -11,6 +12,7 @@ import slmnb
 from slmnb.config import load_config
 from slmnb.errors import ConfigError, RunError
 from slmnb.training import events as ev
+from slmnb.training.runs import Runs
 
 
 def steps_of(run) -> list[ev.Step]:
@@ -66,7 +68,7 @@ def test_the_run_folder(workdir, tiny) -> None:
 
 def test_a_run_folder_is_never_overwritten(workdir, tiny) -> None:
     slmnb.finetune(tiny, name="once", max_steps=2).wait()
-    with pytest.raises(RunError, match="exists already: choose another name, or pass resume=True"):
+    with pytest.raises(RunError, match="exists already: choose another name, or resume that run"):
         slmnb.finetune(tiny, name="once")
 
 
@@ -112,10 +114,7 @@ def test_resume_after_a_crash_drops_the_steps_trained_again(workdir, tiny) -> No
     (folder / "metrics.jsonl").write_text("\n".join(kept) + "\n")
     state = json.loads((folder / "run.json").read_text())
     (folder / "run.json").write_text(json.dumps({**state, "status": "running", "pid": 999999999}))
-    from slmnb.training import run as run_module
-
-    run_module._runs.clear()
-    loaded = slmnb.load_run("crashed")
+    loaded = Runs("runs").open("crashed")  # as another kernel would: from the folder only
     assert loaded.status == "interrupted" and loaded.step == 10
     loaded.resume().wait()
     steps = [json.loads(x)["step"] for x in (folder / "metrics.jsonl").read_text().splitlines()
@@ -187,15 +186,32 @@ def test_one_active_run_per_process(workdir, tiny) -> None:
     assert slmnb.active_run() is None
 
 
+def test_target_modules_are_checked_against_the_model_before_any_folder(workdir, tiny) -> None:
+    with pytest.raises(ConfigError, match=r"target_modules vv_proj matches no layer of this model: use some of .*q_proj"):
+        slmnb.finetune(tiny, name="typo", target_modules="q_proj,vv_proj")
+    with pytest.raises(ConfigError, match=r"lora_r 100 is larger than the layers it adapts \(32 wide\)"):
+        slmnb.finetune(tiny, name="wide", lora_r=100)
+    assert not (workdir / "runs").exists()
+
+
 def test_a_failure_becomes_an_event_and_wait_raises_it(workdir, tiny) -> None:
-    run = slmnb.finetune(tiny, name="broken", target_modules=["no_such_layer"])
-    with pytest.raises(ConfigError, match=r"match no layer of this model: use some of .*q_proj"):
+    from slmnb.models import model_folder
+
+    broken = workdir / "broken-model"
+    shutil.copytree(model_folder("tiny-llama"), broken)
+    weights = broken / "model.safetensors"
+    data = weights.read_bytes()
+    header = 8 + int.from_bytes(data[:8], "little")
+    weights.write_bytes(data[: header + 100])  # the header is whole, the tensors cut short: found only on loading
+    run = slmnb.finetune(tiny, name="broken", model_name_or_path=str(broken))
+    with pytest.raises(RunError) as raised:
         run.wait()
     assert run.status == "failed" and isinstance(run.history[-1], ev.Failed)
-    assert "match no layer" in run.history[-1].reason
+    reason = run.history[-1].reason
+    assert str(raised.value) == reason and "error.log" in reason and "\n" not in reason
     state = json.loads((run.dir / "run.json").read_text())
-    assert state["status"] == "failed" and "match no layer" in state["reason"]
-    assert (run.dir / "error.log").is_file()
+    assert state["status"] == "failed" and state["reason"] == reason
+    assert "Traceback" in (run.dir / "error.log").read_text()
 
 
 def test_data_mistakes_raise_before_any_thread(workdir, tiny) -> None:
@@ -205,16 +221,15 @@ def test_data_mistakes_raise_before_any_thread(workdir, tiny) -> None:
 
 
 def test_resume_of_nothing(workdir) -> None:
-    with pytest.raises(RunError, match="There is no run to resume"):
+    with pytest.raises(RunError, match="No run called 'ghost'"):
         slmnb.finetune(name="ghost", resume=True)
+    with pytest.raises(RunError, match="is not a run name"):
+        slmnb.finetune(name="ghost\n", resume=True)
 
 
 def test_load_run_and_predict(workdir, tiny) -> None:
     slmnb.finetune(tiny, name="done", learning_rate=3e-2, max_steps=24).wait()
-    from slmnb.training import run as run_module
-
-    run_module._runs.clear()
-    run = slmnb.load_run("done")
+    run = Runs("runs").open("done")
     assert run.status == "finished" and run.step == 24
     assert [e.step for e in steps_of(run)] == list(range(1, 25))
     tuned = run.predict([{"phrase": "sample phrase number 99"}, "another phrase"], max_new_tokens=3)
@@ -223,6 +238,8 @@ def test_load_run_and_predict(workdir, tiny) -> None:
     assert tuned != base
     with pytest.raises(RunError, match="No run called 'nope'"):
         slmnb.load_run("nope")
+    with pytest.raises(RunError, match="is not a run folder"):
+        slmnb.load_run("../../x")
 
 
 def test_predict_before_there_are_weights(workdir, tiny) -> None:

@@ -17,7 +17,7 @@ import { LanguageSupport } from '@codemirror/language';
 import { insertTemplate, Template } from './cells';
 import { magicExtension } from './highlight';
 import { RunsPanel } from './panel';
-import { IRunState, RunsModel, dirname, isLive, joinPath } from './runs';
+import { IRunState, RunsModel, SAVED_STATUSES, dirname, isLive, joinPath } from './runs';
 import { RunView } from './runview';
 import { RunStatus } from './statusbar';
 
@@ -167,7 +167,7 @@ const runsPlugin: JupyterFrontEndPlugin<void> = {
 
 /** The newest run that has ended with a result (the one an export cell most likely wants). */
 function lastEnded(runs: IRunState[]): string | undefined {
-  return runs.find(run => !isLive(run) && ['finished', 'stopped'].includes(run.status))?.name;
+  return runs.find(run => !isLive(run) && SAVED_STATUSES.includes(run.status))?.name;
 }
 
 export default [editorPlugin, runsPlugin];

@@ -8,8 +8,12 @@
 import { Contents } from '@jupyterlab/services';
 import { ISignal, Signal } from '@lumino/signaling';
 
-/** Statuses of a run that is still going; as in slmnb/training/run.py. */
-export const LIVE_STATUSES = ['starting', 'running', 'pausing', 'paused', 'stopping'];
+import states from './states.json';
+
+/** Statuses of a run that is still going: slmnb.RunState's, which a Python test keeps equal to states.json. */
+export const LIVE_STATUSES: string[] = states.live;
+/** Statuses of a run that has ended and may have saved weights to export. */
+export const SAVED_STATUSES: string[] = ['finished', 'stopped'];
 
 export interface IRunState {
   name: string;

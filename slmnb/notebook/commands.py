@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import argparse
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from slmnb.errors import RunError
+
+if TYPE_CHECKING:
+    from slmnb.training.runs import Runs
 
 
 def _one_name(args: list[str], command: str, required: bool) -> str | None:
@@ -15,11 +19,9 @@ def _one_name(args: list[str], command: str, required: bool) -> str | None:
     return args[0] if args else None
 
 
-def _live_run(args: list[str], command: str) -> Any:
-    from slmnb.training.run import active_run, load_run
-
+def _live_run(runs: Runs, args: list[str], command: str) -> Any:
     name = _one_name(args, command, required=False)
-    run = load_run(name) if name else active_run()
+    run = runs.open(name) if name else runs.active()
     if run is None:
         raise RunError(f"No run is training in this kernel, so there is nothing to {command}.")
     if not run.alive:
@@ -27,41 +29,50 @@ def _live_run(args: list[str], command: str) -> Any:
     return run
 
 
-def runs(args: list[str]) -> Any:
+def runs_table(runs: Runs, args: list[str]) -> Any:
     from slmnb.notebook.views import RunsTable
-    from slmnb.training.run import list_runs
 
     if args:
         raise RunError("%finetune runs takes no arguments: it lists the runs folder (%config FinetuneMagics.runs_dir).")
-    return RunsTable.of(list_runs())
+    return RunsTable.of(runs.list())
 
 
-def stop(args: list[str]) -> None:
-    run = _live_run(args, "stop")
+def stop(runs: Runs, args: list[str]) -> None:
+    run = _live_run(runs, args, "stop")
     run.stop()
     print(f"Stopping {run.name} at the next step; its adapter will be saved in {run.output_path}.")
 
 
-def pause(args: list[str]) -> None:
-    run = _live_run(args, "pause")
+def pause(runs: Runs, args: list[str]) -> None:
+    run = _live_run(runs, args, "pause")
     run.pause()
     print(f"Pausing {run.name} after this step: %finetune resume {run.name} continues it.")
 
 
-def resume(args: list[str]) -> Any:
+def resume(runs: Runs, args: list[str]) -> Any:
+    """`%finetune resume NAME [--wait] [--max_steps N ...]`: the resume options are config fields."""
     from slmnb.notebook import launch
+    from slmnb.options import OptionParser, add_config_options, refuse_unknown
 
-    wait = "--wait" in args
-    name = _one_name([a for a in args if a != "--wait"], "resume", required=True)
-    return launch.resume(name, wait=wait)
+    parser = OptionParser(prog="%finetune resume", add_help=False, argument_default=argparse.SUPPRESS)
+    parser.add_argument("name", nargs="?")
+    parser.add_argument("--wait", action="store_true")
+    add_config_options(parser, {})
+    parsed, unknown = parser.parse_known_args(args)
+    refuse_unknown(unknown)
+    overrides = vars(parsed)
+    name, wait = overrides.pop("name", None), overrides.pop("wait", False)
+    if not name:
+        raise RunError("%finetune resume takes one run name, such as: %finetune resume tones-lora "
+                       "--max_steps 120.")
+    return launch.resume(runs, name, wait=wait, **overrides)
 
 
-def show(args: list[str]) -> None:
+def show(runs: Runs, args: list[str]) -> None:
     from slmnb.notebook.dashboard import Dashboard
-    from slmnb.training.run import load_run
 
-    Dashboard(load_run(_one_name(args, "show", required=True))).show()
+    Dashboard(runs.open(_one_name(args, "show", required=True) or "")).show()
 
 
-ROUTES: dict[str, Callable[[list[str]], Any]] = {"runs": runs, "stop": stop, "pause": pause, "resume": resume,
-                                                 "show": show}
+ROUTES: dict[str, Callable[[Runs, list[str]], Any]] = {"runs": runs_table, "stop": stop, "pause": pause,
+                                                       "resume": resume, "show": show}

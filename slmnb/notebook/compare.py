@@ -13,7 +13,7 @@ PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e
 
 
 def run_curves(names: Sequence[str | Path]) -> dict[str, Curves]:
-    from slmnb.training.run import load_run
+    from slmnb.training.runs import load_run
 
     if isinstance(names, str | Path) or not names:
         raise RunError("compare_runs takes a list of run names or folders, such as compare_runs(['a', 'b']).")

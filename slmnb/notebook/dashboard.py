@@ -16,17 +16,15 @@ from slmnb.errors import SlmnbError
 from slmnb.notebook.charts import Curves, decimate, render_svg, rounded
 from slmnb.text import clock
 from slmnb.training import events as ev
-from slmnb.training.run import LIVE_STATUSES, TrainingRun
+from slmnb.training.run import TrainingRun
+from slmnb.training.states import RunState as S
 
 INTERVAL = 0.25  # seconds between redraws: at most 4 updates a second
 MAX_POINTS = 500  # per trace; a 10,000-step run is strided down to this
 ETA_WINDOW = 20  # steps the ETA's pace is measured over
 
-# The dashboards shown in this kernel, so a notebook (or its test) can look at what a run's charts hold.
-SHOWN: list[Dashboard] = []
-
-STATUS_COLOURS = {"failed": "#c62828", "interrupted": "#c62828", "stopped": "#8a6d00", "paused": "#8a6d00",
-                  "finished": "#2e7d32"}
+STATUS_COLOURS = {S.FAILED: "#c62828", S.INTERRUPTED: "#c62828", S.STOPPED: "#8a6d00", S.PAUSED: "#8a6d00",
+                  S.FINISHED: "#2e7d32"}
 
 
 class Dashboard:
@@ -113,7 +111,6 @@ class Dashboard:
 
         display(self.widget)
         self._record = CellOutput()
-        SHOWN.append(self)
         return self.follow()
 
     def follow(self) -> Dashboard:
@@ -238,12 +235,13 @@ class Dashboard:
         max_steps = self._max_steps or self.run.max_steps or max(step, 1)
         self.progress.max = max(max_steps, 1)
         self.progress.value = min(step, self.progress.max)
-        self.progress.bar_style = {"failed": "danger", "finished": "success"}.get(status, "")
+        self.progress.bar_style = {S.FAILED: "danger", S.FINISHED: "success"}.get(status, "")
         self.progress_text.value = f"&nbsp;{step}/{max_steps}{self._eta(step, max_steps, status)}"
         self.status.value = self._status_html(status, step, max_steps)
-        self.stop_button.disabled = status not in LIVE_STATUSES or status == "stopping"
-        self.pause_button.disabled = status not in ("starting", "running")
-        self.resume_button.disabled = status not in ("pausing", "paused", "stopped", "failed", "interrupted")
+        self.stop_button.disabled = not status.live or status == S.STOPPING
+        self.pause_button.disabled = status not in (S.STARTING, S.RUNNING)
+        # A finished run resumes only with more steps, which a button cannot ask for.
+        self.resume_button.disabled = status not in (S.PAUSING, S.PAUSED, S.STOPPED, S.FAILED, S.INTERRUPTED)
         self.hint.value = ("<span style='color:#8a6d00'>Eval loss has risen for the last evaluations while train "
                            "loss keeps falling: the model may be overfitting. Stop now, or set "
                            "early_stopping_patience.</span>" if view[3] else "")
@@ -251,14 +249,14 @@ class Dashboard:
     def _eta(self, step: int, max_steps: int, status: str) -> str:
         paces = self._paces
         parts = []
-        if status == "running" and len(paces) >= 2 and paces[-1][0] > paces[0][0]:
+        if status == S.RUNNING and len(paces) >= 2 and paces[-1][0] > paces[0][0]:
             per_step = (paces[-1][1] - paces[0][1]) / (paces[-1][0] - paces[0][0])
             parts.append(f"ETA {clock(per_step * max(max_steps - step, 0))}")
         if self._tokens_per_second:
             parts.append(f"{self._tokens_per_second:.0f} tokens/s")
         return " &middot; " + " &middot; ".join(parts) if parts else ""
 
-    def _status_html(self, status: str, step: int, max_steps: int) -> str:
+    def _status_html(self, status: S, step: int, max_steps: int) -> str:
         lines = self.summary_lines(status, step, max_steps)
         colour = STATUS_COLOURS.get(status, "inherit")
         html = f"<div style='color:{colour}'>" + "<br>".join(escape(x) for x in lines) + "</div>"
@@ -268,31 +266,31 @@ class Dashboard:
             html += f"<div style='color:#c62828'>{escape(self._notice)}</div>"
         return html
 
-    def summary_lines(self, status: str | None = None, step: int | None = None,
+    def summary_lines(self, status: S | None = None, step: int | None = None,
                       max_steps: int | None = None) -> list[str]:
         status = status or self.run.status
         step = self.run.step if step is None else step
         max_steps = max_steps or self._max_steps or self.run.max_steps or step
         ended = self._end_event
         elapsed = None
-        if status in ("finished", "stopped"):
+        if status in (S.FINISHED, S.STOPPED):
             # A run read from disk has no end event: its run.json has the time.
-            seconds = ended.elapsed if ended else self.run.folder.read_state().get("elapsed")
-            elapsed = clock(seconds) if seconds else None
-        if status == "starting":
+            seconds = ended.elapsed if ended else self._saved("elapsed")
+            elapsed = clock(seconds) if isinstance(seconds, int | float) and seconds else None
+        if status == S.STARTING:
             return ["Loading the model and the data..."]
-        if status == "failed":
-            reason = ended.reason if isinstance(ended, ev.Failed) else self.run.folder.read_state().get("reason")
+        if status == S.FAILED:
+            reason = ended.reason if isinstance(ended, ev.Failed) else self._saved("reason")
             return [f"Failed at step {step}: {reason or 'see error.log in the run folder'}"]
         first = {
-            "running": f"Training: step {step}/{max_steps}",
-            "pausing": f"Pausing after step {step}...",
-            "paused": f"Paused at step {step}: Resume continues from here, nothing is lost.",
-            "stopping": f"Stopping at step {step} and saving...",
-            "stopped": f"Stopped at step {step}/{max_steps}" + (f" after {elapsed}" if elapsed else ""),
-            "finished": f"Finished at step {step}/{max_steps}" + (f" in {elapsed}" if elapsed else "")
+            S.RUNNING: f"Training: step {step}/{max_steps}",
+            S.PAUSING: f"Pausing after step {step}...",
+            S.PAUSED: f"Paused at step {step}: Resume continues from here, nothing is lost.",
+            S.STOPPING: f"Stopping at step {step} and saving...",
+            S.STOPPED: f"Stopped at step {step}/{max_steps}" + (f" after {elapsed}" if elapsed else ""),
+            S.FINISHED: f"Finished at step {step}/{max_steps}" + (f" in {elapsed}" if elapsed else "")
             + (f" ({ended.reason})" if isinstance(ended, ev.Finished) and ended.reason != "completed" else ""),
-            "interrupted": f"Interrupted at step {step} (its process ended): %finetune resume {self.run.name} "
+            S.INTERRUPTED: f"Interrupted at step {step} (its process ended): %finetune resume {self.run.name} "
                            "continues from the last checkpoint.",
         }.get(status, f"{status} at step {step}")
         lines = [first]
@@ -304,10 +302,17 @@ class Dashboard:
                            f"{ev.perplexity(self.curves.eval_loss[-1]):.3g}")
         if metrics:
             lines.append(" · ".join(metrics))
-        if status in ("finished", "stopped") and self.run.output_path.is_dir():
+        if status in (S.FINISHED, S.STOPPED) and self.run.output_path.is_dir():
             lines.append(f"{'Adapter' if self.run.config.method != 'full' else 'Model'} saved to "
                          f"{self.run.output_path}")
         return lines
+
+    def _saved(self, key: str) -> Any:
+        """A value of the run's run.json (a run read from disk has no end event); None when it cannot be read."""
+        try:
+            return self.run.folder.read_state().get(key)
+        except SlmnbError:
+            return None
 
     def record_bundle(self) -> dict[str, str]:
         """The static record: one SVG with the summary and both charts, and the summary as text."""
@@ -317,5 +322,7 @@ class Dashboard:
 
 
 def dashboards_for(run: TrainingRun) -> list[Dashboard]:
-    return [d for d in SHOWN if d.run is run]
+    """The dashboards following a run: found through the run's listeners, so nothing keeps a list of them."""
+    return [owner for listener in run.listeners
+            if isinstance(owner := getattr(listener, "__self__", None), Dashboard)]
 

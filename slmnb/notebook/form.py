@@ -30,9 +30,9 @@ class ConfigForm:
         import ipywidgets as w
 
         from slmnb.data import bundled_datasets, with_default_templates
+        from slmnb.demo import DEMO_CONFIG
 
-        self._base = with_default_templates(config or FinetuneConfig(data_name="tones", use_chat_template=True,
-                                                                     max_steps=60, learning_rate=1e-3))
+        self._base = with_default_templates(config or FinetuneConfig.from_dict(dict(DEMO_CONFIG)))
         self._errors: dict[str, str] = {}
         self.run: Any = None
         b = self._base
@@ -190,11 +190,12 @@ class ConfigForm:
     def start(self) -> Any:
         """Start the run described by the form, with its dashboard below the form."""
         from slmnb.notebook import launch
+        from slmnb.training.runs import DEFAULT
 
         self.output.clear_output()
         with self.output:
             try:
-                self.run = launch.start(self.config)
+                self.run = launch.start(DEFAULT, self.config)
             except SlmnbError as exc:
                 self.problem.value = _error_html(str(exc))
         return self.run

@@ -7,10 +7,13 @@ says when they apply: SLMNB_MAX_STEPS caps max_steps, SLMNB_MODEL replaces the m
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from slmnb.config import FinetuneConfig, load_config, parse_yaml
 from slmnb.errors import ConfigError
+
+if TYPE_CHECKING:
+    from slmnb.training.runs import Runs
 
 
 def cell_config(body: str, overrides: dict[str, Any], default_model: str) -> FinetuneConfig:
@@ -41,27 +44,26 @@ def shortened(config: FinetuneConfig) -> tuple[FinetuneConfig, str | None]:
     return config.replace(**changes), f"Shortened by the environment (SLMNB_MAX_STEPS / SLMNB_MODEL): {said}."
 
 
-def start(config: FinetuneConfig, *, wait: bool = False) -> Any:
+def start(runs: Runs, config: FinetuneConfig, *, wait: bool = False) -> Any:
     """Start the run, show its dashboard under the current cell, and optionally block until it ends."""
     from slmnb.notebook.dashboard import Dashboard
-    from slmnb.training.run import finetune
 
     config, note = shortened(config)
-    run = finetune(config)
+    run = runs.start(config)
     dashboard = Dashboard(run, note=note).show()
     if wait:
         dashboard.wait()
     return run
 
 
-def resume(name: str, *, wait: bool = False) -> Any:
-    """Continue a run: a paused one in place; a stopped, failed or interrupted one from its last checkpoint."""
+def resume(runs: Runs, name: str, *, wait: bool = False, **overrides: Any) -> Any:
+    """Continue a run: a paused one in place; an ended one from its last good checkpoint, with overrides."""
     from slmnb.notebook.dashboard import Dashboard
-    from slmnb.training.run import load_run
+    from slmnb.training.states import RunState
 
-    run = load_run(name)
-    paused = run.status in ("pausing", "paused")
-    run.resume()  # a finished run says how to train it longer
+    run = runs.open(name)
+    paused = run.status in (RunState.PAUSING, RunState.PAUSED)
+    run.resume(**overrides)  # a finished run says how to train it longer
     if paused:
         return run  # its dashboard is still live where it was started
     dashboard = Dashboard(run).show()

@@ -6,6 +6,7 @@ prints without a traceback.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from IPython.core.error import UsageError
@@ -25,14 +26,15 @@ class FinetuneMagics(Magics):
 
     def __init__(self, shell: Any = None, **kwargs: Any) -> None:
         super().__init__(shell, **kwargs)
+        from slmnb.training.runs import DEFAULT
+
+        # The kernel's Runs: slmnb.finetune() and load_run() in code cells use the same runs folder.
+        self.runs = DEFAULT
         self._use_runs_dir()
 
     @observe("runs_dir")
     def _use_runs_dir(self, _change: Any = None) -> None:
-        # The runs folder is one per kernel: slmnb.finetune() and load_run() in code cells use it too.
-        from slmnb.training import run
-
-        run.RUNS_DIR = self.runs_dir
+        self.runs.root = Path(self.runs_dir)
 
     @line_cell_magic
     def finetune(self, line: str, cell: str | None = None) -> Any:
@@ -47,7 +49,7 @@ class FinetuneMagics(Magics):
         if cell is None and tokens and tokens[0] in SUBCOMMANDS:
             from slmnb.notebook.commands import ROUTES
 
-            return ROUTES[tokens[0]](tokens[1:])
+            return ROUTES[tokens[0]](self.runs, tokens[1:])
         args = parse_cell_line(tokens)
         if args.help:
             print(help_text())
@@ -64,7 +66,7 @@ class FinetuneMagics(Magics):
             from slmnb.notebook.views import DryRun
 
             return DryRun(preview(config))
-        run = launch.start(config, wait=args.wait)
+        run = launch.start(self.runs, config, wait=args.wait)
         if args.var:
             self.shell.user_ns[args.var] = run
         return run

@@ -41,7 +41,7 @@ def export(args: list[str]) -> Any:
     options = _parse("export", add_export_options, args)
     wait = options.pop("wait")
     run = exportable(options.pop("run"), options["precision"], options["adapters"], options["device"],
-                     options["provider"])  # a mistake is an error of this cell, at once
+                     options["provider"], output=options["output"])  # a mistake is an error of this cell, at once
     job = ExportJob(run, options)
     if wait:
         job.wait()
@@ -62,11 +62,11 @@ def adapters(args: list[str]) -> Any:
 def compare(args: list[str]) -> Any:
     from slmnb.notebook.opt_views import ComparisonView
     from slmnb.opt.compare import prepare
-    from slmnb.training.run import load_run
+    from slmnb.opt.inputs import open_runs
 
     options = _parse("compare", add_compare_options, args)
     wait, evaluate = options.pop("wait"), options.pop("evaluate")
-    runs = [load_run(name) for name in options.pop("runs")]  # a wrong name is an error of this cell, at once
+    runs = open_runs(options.pop("runs"))  # a wrong name is an error of this cell, at once
     view = ComparisonView(lambda phase: prepare(runs, evaluate=evaluate, on_phase=phase, **options), evaluate)
     if wait:
         view.wait()

@@ -41,7 +41,9 @@ class Background:
     """Work in a daemon thread, shown by a live view; wait() gives its result or raises its error."""
 
     def __init__(self, thread_name: str) -> None:
-        self.phase, self.result, self.error = "starting", None, None
+        self.phase = "starting"
+        self.result: Any = None
+        self.error: BaseException | None = None
         self._started = time.perf_counter()
         self.view = LiveHTML(*self._render())
         self._thread = threading.Thread(target=self._run, daemon=True, name=thread_name)

@@ -17,10 +17,11 @@ class CellOutput:
 
         self.handle = display(bundle or {"text/plain": ""}, raw=True, display_id=True)
         shell = get_ipython()
-        self._publisher = getattr(shell, "display_pub", None)
-        session = getattr(self._publisher, "session", None)
-        # Only a kernel's publisher has a session; a terminal or test shell updates in place.
-        self._parent = dict(self._publisher.parent_header) if session is not None else None
+        publisher = getattr(shell, "display_pub", None)
+        # Only a kernel's publisher has a session (and the socket and topic that IPython's DisplayPublisher type
+        # lacks, hence Any); a terminal or test shell updates in place.
+        self._publisher: Any = publisher if getattr(publisher, "session", None) is not None else None
+        self._parent = dict(self._publisher.parent_header) if self._publisher is not None else None
 
     def update(self, bundle: dict[str, Any]) -> None:
         if self.handle is None:  # not under IPython: nothing was displayed

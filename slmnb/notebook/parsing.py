@@ -6,10 +6,12 @@ Parsing is kept apart from running, so what a line means can be tested without a
 from __future__ import annotations
 
 import argparse
+import keyword
 import shlex
 from dataclasses import dataclass, field
 from typing import Any
 
+from slmnb.config import short_repr
 from slmnb.errors import ConfigError
 from slmnb.options import OptionParser, add_config_options, refuse_unknown
 
@@ -54,8 +56,9 @@ def parse_cell_line(line: str | list[str]) -> CellArgs:
     refuse_unknown(unknown)
     values = vars(parsed)
     own = {name: values.pop(name) for name in ("dry_run", "wait", "var", "form", "help") if name in values}
-    if own.get("var") is not None and not str(own["var"]).isidentifier():
-        raise ConfigError(f"-o takes a Python variable name, got {own['var']!r}.")
+    var = own.get("var")
+    if var is not None and (not str(var).isidentifier() or keyword.iskeyword(str(var))):
+        raise ConfigError(f"-o takes a Python variable name such as run, got {short_repr(var)}.")
     return CellArgs(overrides=values, **own)
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from html import escape
 from typing import Any
 
@@ -57,6 +57,7 @@ class RunsTable:
     """%finetune runs: one row per run folder, with its last metrics."""
 
     rows: list[dict[str, Any]]
+    skipped: list[str] = field(default_factory=list)  # one sentence per run folder that could not be read
 
     @classmethod
     def of(cls, runs: list[Any]) -> RunsTable:
@@ -64,15 +65,15 @@ class RunsTable:
         for run in runs:
             steps = [e for e in run.history if isinstance(e, ev.Step)]
             evals = [e for e in run.history if isinstance(e, ev.Eval)]
-            elapsed = run.history[-1].elapsed if run.history else run.folder.read_state().get("elapsed", 0.0)
+            elapsed = run.history[-1].elapsed if run.history else run.folder.read_state().get("elapsed")
             rows.append({
                 "name": run.name, "status": run.status, "step": run.step, "max_steps": run.max_steps,
                 "loss": steps[-1].loss if steps else None,
                 "eval_loss": evals[-1].eval_loss if evals else None,
                 "perplexity": evals[-1].perplexity if evals else None,
-                "duration": elapsed, "dir": str(run.dir),
+                "duration": elapsed if isinstance(elapsed, int | float) else 0.0, "dir": str(run.dir),
             })
-        return cls(rows)
+        return cls(rows, list(getattr(runs, "skipped", [])))
 
     def _cells(self) -> list[list[Any]]:
         def num(x: float | None) -> str:
@@ -82,12 +83,13 @@ class RunsTable:
                  num(r["perplexity"]), clock(r["duration"] or 0)] for r in self.rows]
 
     def _repr_html_(self) -> str:
-        if not self.rows:
-            return "<i>No runs yet in this runs folder.</i>"
-        return html_table(RUN_COLUMNS, self._cells())
+        table = html_table(RUN_COLUMNS, self._cells()) if self.rows else "<i>No runs yet in this runs folder.</i>"
+        notes = "".join(f"<div style='color:#8a6d00'>Skipped: {escape(note)}</div>" for note in self.skipped)
+        return table + notes
 
     def __repr__(self) -> str:
-        return text_table(RUN_COLUMNS, self._cells()) if self.rows else "No runs yet in this runs folder."
+        table = text_table(RUN_COLUMNS, self._cells()) if self.rows else "No runs yet in this runs folder."
+        return "\n".join([table, *(f"Skipped: {note}" for note in self.skipped)])
 
     def __len__(self) -> int:
         return len(self.rows)

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from slmnb.errors import ExportError
+from slmnb.opt.telemetry import telemetry_off
 from slmnb.paths import temp_sibling
 
 RANK_DIM = "lora_rank"
@@ -24,6 +25,12 @@ RANK_DIM = "lora_rank"
 _SECTIONS = {"q_proj": "attn", "k_proj": "attn", "v_proj": "attn", "o_proj": "attn",
              "gate_proj": "mlp", "up_proj": "mlp", "down_proj": "mlp"}
 _PEFT_KEY = re.compile(r"(?:^|\.)layers\.(\d+)\.(?:self_attn|mlp)\.(\w+)\.lora_([AB])\.weight$")
+ADAPTER_CONFIG = "adapter_config.json"
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+RETRAIN = "resume the run or train it again to save a complete adapter, then export"
+_MAX_HEADER = 100_000_000  # safetensors' own limit
+# Architectures whose decoder layers have the q/k/v/o and gate/up/down projections that `projection_sizes` knows.
+_LLAMA_STYLE = ("llama", "mistral", "qwen2", "qwen3")
 
 
 def lora_nodes(layers: int) -> list[str]:
@@ -43,18 +50,19 @@ def peft_weights(adapter_dir: Path) -> dict[str, Any]:
     rsLoRA); ONNX MatMul wants the transposes, and the scale is folded into B.
     """
     import numpy as np
-    from safetensors.torch import load_file
 
-    config = json.loads((adapter_dir / "adapter_config.json").read_text(encoding="utf-8"))
+    config = read_adapter_config(adapter_dir)
     if config.get("peft_type") != "LORA" or config.get("use_dora"):
         raise ExportError(f"{adapter_dir} is not a plain LoRA adapter: switchable ONNX adapters need LoRA without "
                           "DoRA; export it with adapters='merged'.")
     if config.get("rank_pattern") or config.get("alpha_pattern"):
         raise ExportError(f"{adapter_dir} uses per-layer ranks or alphas: export it with adapters='merged'.")
-    r, alpha = int(config["r"]), float(config["lora_alpha"])
+    r, alpha = lora_rank(adapter_dir, config), config.get("lora_alpha")
+    if not isinstance(alpha, int | float) or isinstance(alpha, bool) or not math.isfinite(alpha):
+        raise ExportError(f"{adapter_dir / ADAPTER_CONFIG} has no usable lora_alpha: {RETRAIN}.")
     scale = alpha / math.sqrt(r) if config.get("use_rslora") else alpha / r
     weights: dict[str, Any] = {}
-    for key, tensor in load_file(str(adapter_dir / "adapter_model.safetensors")).items():
+    for key, tensor in _load_tensors(adapter_dir / ADAPTER_WEIGHTS).items():
         match = _PEFT_KEY.search(key)
         if not match or match.group(2) not in _SECTIONS:
             raise ExportError(f"{adapter_dir} adapts {key!r}, which switchable ONNX adapters do not cover (only the "
@@ -65,8 +73,135 @@ def peft_weights(adapter_dir: Path) -> dict[str, Any]:
             array = array * np.float32(scale)
         weights[weight_name(layer, module, ab)] = np.ascontiguousarray(array, dtype=np.float32)
     if not weights:
-        raise ExportError(f"{adapter_dir} holds no LoRA weights.")
+        raise ExportError(f"{adapter_dir} holds no LoRA weights: {RETRAIN}.")
     return weights
+
+
+def _load_tensors(path: Path) -> dict[str, Any]:
+    from safetensors.torch import load_file
+
+    safetensors_shapes(path)  # a cut-short file is one sentence, not the loader's own error
+    try:
+        return load_file(str(path))
+    except Exception as exc:  # the header was fine; the loader still may refuse (an unknown dtype, a race)
+        raise ExportError(f"{path} cannot be read as safetensors: {RETRAIN}.") from exc
+
+
+def read_adapter_config(adapter_dir: Path) -> dict[str, Any]:
+    """A saved peft adapter's config, with every way it can be missing or broken turned into one sentence."""
+    path = adapter_dir / ADAPTER_CONFIG
+    if not path.is_file():
+        try:
+            empty = not any(adapter_dir.iterdir())
+        except OSError:
+            empty = True
+        state = "is empty" if empty else f"has no {ADAPTER_CONFIG}"
+        raise ExportError(f"The adapter folder {adapter_dir} {state}, so the run's adapter was never saved "
+                          f"completely: {RETRAIN}.")
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError):
+        config = None
+    if not isinstance(config, dict) or not isinstance(config.get("peft_type"), str):
+        raise ExportError(f"{path} is damaged (it is not a peft adapter config): {RETRAIN}.")
+    return config
+
+
+def lora_rank(adapter_dir: Path, config: dict[str, Any]) -> int:
+    r = config.get("r")
+    if not isinstance(r, int) or isinstance(r, bool) or r < 1:
+        raise ExportError(f"{adapter_dir / ADAPTER_CONFIG} has no usable rank r: {RETRAIN}.")
+    return r
+
+
+def safetensors_shapes(path: Path) -> dict[str, list[int]]:
+    """Each tensor's shape, from a safetensors file's header, checked against the file's length.
+
+    Reads a few kilobytes, not the weights: a missing, cut-short or garbled file is one sentence before any
+    minute-long work starts.
+    """
+    if not path.is_file():
+        raise ExportError(f"{path} is missing: {RETRAIN}.")
+    try:
+        with open(path, "rb") as handle:
+            size = int.from_bytes(handle.read(8), "little")
+            header = json.loads(handle.read(size)) if 2 <= size <= _MAX_HEADER else None
+        found = _header_tensors(header)
+        if found is not None and path.stat().st_size == 8 + size + found[1]:
+            return found[0]
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError):
+        pass
+    raise ExportError(f"{path} is truncated or damaged (its size does not match its header): {RETRAIN}.")
+
+
+def _header_tensors(header: Any) -> tuple[dict[str, list[int]], int] | None:
+    """The shapes in a safetensors header and where its data ends, or None when it is not a valid header."""
+    if not isinstance(header, dict):
+        return None
+    shapes: dict[str, list[int]] = {}
+    end = 0
+    for name, entry in header.items():
+        if name == "__metadata__":
+            continue
+        shape = _ints(entry.get("shape")) if isinstance(entry, dict) else None
+        offsets = _ints(entry.get("data_offsets")) if isinstance(entry, dict) else None
+        if shape is None or offsets is None or len(offsets) != 2 or offsets[0] > offsets[1]:
+            return None
+        shapes[str(name)], end = shape, max(end, offsets[1])
+    return shapes, end
+
+
+def _ints(value: Any) -> list[int] | None:
+    """A list of non-negative whole numbers, or None."""
+    if isinstance(value, list) and all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in value):
+        return value
+    return None
+
+
+def projection_sizes(base_config: dict[str, Any]) -> dict[str, tuple[int, int]] | None:
+    """(in, out) features of each projection of a Llama-style decoder layer, or None for another architecture."""
+    if base_config.get("model_type") not in _LLAMA_STYLE:
+        return None
+    try:
+        hidden, heads = int(base_config["hidden_size"]), int(base_config["num_attention_heads"])
+        kv_heads = int(base_config.get("num_key_value_heads") or heads)
+        head_dim = int(base_config.get("head_dim") or hidden // heads)
+        inner = int(base_config["intermediate_size"])
+    except (KeyError, TypeError, ValueError, ZeroDivisionError, OverflowError):
+        return None
+    q, kv = heads * head_dim, kv_heads * head_dim
+    return {"q_proj": (hidden, q), "k_proj": (hidden, kv), "v_proj": (hidden, kv), "o_proj": (q, hidden),
+            "gate_proj": (hidden, inner), "up_proj": (hidden, inner), "down_proj": (inner, hidden)}
+
+
+def check_base_fits(shapes: dict[str, list[int]], base_config: dict[str, Any], adapter_dir: Path,
+                    base: str) -> None:
+    """The LoRA's layers, modules and sizes are those of the base model, or one sentence saying whose they are.
+
+    Checked on the safetensors header before the builder starts: otherwise an adapter of another model fails
+    a minute later inside the builder, in peft's words.
+    """
+    sizes = projection_sizes(base_config)
+    layers = base_config.get("num_hidden_layers")
+    fix = f"export it with the model it was trained on (model_name_or_path in the run's config.yaml, now {base})"
+    for key, shape in shapes.items():
+        match = _PEFT_KEY.search(key)
+        if sizes is None or match is None:
+            continue
+        layer, module, ab = int(match.group(1)), match.group(2), match.group(3)
+        if module not in sizes:
+            raise ExportError(f"{adapter_dir} adapts {module} modules, which {base} does not have, so the adapter "
+                              f"was trained on another base model: {fix}.")
+        if isinstance(layers, int) and layer >= layers:
+            raise ExportError(f"{adapter_dir} adapts layer {layer} where {base} has {layers} layers, so the adapter "
+                              f"was trained on another base model: {fix}.")
+        inputs, outputs = sizes[module]
+        # peft stores A as [r, in] and B as [out, r].
+        side, expected = ("inputs", inputs) if ab == "A" else ("outputs", outputs)
+        got = (shape[1] if ab == "A" else shape[0]) if len(shape) == 2 else None
+        if got != expected:
+            raise ExportError(f"{adapter_dir} does not fit {base}: its layer {layer} {module} has {got} {side} where "
+                              f"{base} has {expected}, so the adapter was trained on another base model: {fix}.")
 
 
 def make_switchable(model_file: Path, out_dir: Path) -> dict[str, list[int | str]]:
@@ -118,6 +253,8 @@ def check_fits(weights: dict[str, Any], inputs: dict[str, list[int | str]], what
 def write_adapter(weights: dict[str, Any], path: Path) -> None:
     """Write an `.onnx_adapter` via a temp file, and read it back: a bad write must never be picked up."""
     import numpy as np
+
+    telemetry_off()
     import onnxruntime as ort
 
     # OrtValue borrows the numpy buffer: `arrays` keeps every one alive until the file is written.
@@ -140,11 +277,12 @@ def write_adapter(weights: dict[str, Any], path: Path) -> None:
 
 
 def read_adapter(path: Path) -> dict[str, Any]:
+    telemetry_off()
     import onnxruntime as ort
 
     try:
         adapter = ort.AdapterFormat.read_adapter(str(path))
-    except Exception as exc:
-        raise ExportError(f"{path} is not a readable .onnx_adapter file ({exc}): export the run again.") from exc
+    except Exception as exc:  # onnxruntime's own message names C++ internals; the file is what matters
+        raise ExportError(f"{path} is not a readable .onnx_adapter file: export the run again.") from exc
     # The arrays view memory the AdapterFormat owns: copy them before it is freed.
     return {name: value.numpy().copy() for name, value in adapter.get_parameters().items()}

@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from slmnb.errors import ExportError
+from slmnb.opt.telemetry import child_env
 
 Phase = Callable[[str], None]
 
@@ -27,7 +28,10 @@ _PHASES = [
     (re.compile(r"^Saving ONNX model"), "quantizing and saving"),
     (re.compile(r"^Saving GenAI config"), "writing the genai config"),
 ]
-_ERROR_LINE = re.compile(r"(Error|Exception|error:|Traceback|not supported|Killed)")
+_PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
+_ERROR_LINE = re.compile(r"(Error|Exception|error:|not supported|Killed)")
+# Lines of a traceback that show code, not what went wrong.
+_CODE_LINE = re.compile(r"^(Traceback|File \"|raise\b|During handling|The above exception|[~^ ]+$)")
 
 
 def quant_options(precision: str) -> list[str]:
@@ -63,7 +67,8 @@ def run_builder(hf_dir: str | Path, out: Path, precision: str, *, adapter_dir: P
     """Write an ONNX model of `hf_dir` (with the LoRA of `adapter_dir` as separate MatMuls) into `out`.
 
     `keep_float` names MatMul nodes left out of weight quantization. The builder's whole output goes to
-    `log_path`; a failure raises an ExportError naming the relevant lines and that log.
+    `log_path`, which must lie outside any folder that is removed on failure: a failure raises an ExportError
+    naming the relevant lines and that log. The child dies with this process (see `spawn`).
     """
     options = quant_options(precision)
     if adapter_dir is not None:
@@ -74,27 +79,59 @@ def run_builder(hf_dir: str | Path, out: Path, precision: str, *, adapter_dir: P
                "-p", precision, "-e", "cpu", "-c", str(out / ".builder-cache")]
     if options:
         command += ["--extra_options", *options]
-    # The input is always a local folder: the builder must never try the hub.
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error", "PYTHONUNBUFFERED": "1"}
     lines: list[str] = []
     shown = None
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(log_path, "w", encoding="utf-8") as log, subprocess.Popen(
-            command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, bufsize=1) as child:
+    # The input is always a local folder: the builder must never try the hub, nor send telemetry.
+    with open(log_path, "w", encoding="utf-8") as log, spawn(command, child_env()) as child:
         assert child.stdout is not None
-        for raw in child.stdout:
-            log.write(raw)
-            # tqdm redraws with carriage returns: only the last state of a line is worth reading.
-            line = raw.rstrip("\n").split("\r")[-1].strip()
-            lines.append(line)
-            phase = _phase(line, layers)
-            if phase and phase != shown and on_phase is not None:
-                shown = phase
-                on_phase(phase)
+        try:
+            for raw in child.stdout:
+                log.write(raw)
+                # tqdm redraws with carriage returns: only the last state of a line is worth reading.
+                line = raw.rstrip("\n").split("\r")[-1].strip()
+                lines.append(line)
+                phase = _phase(line, layers)
+                if phase and phase != shown and on_phase is not None:
+                    shown = phase
+                    on_phase(phase)
+        except BaseException:
+            child.kill()  # Ctrl-C, or a failing listener: the builder must not go on alone
+            raise
         code = child.wait()
     if code != 0:
         raise ExportError(f"The ONNX model builder failed (exit code {code}): {relevant(lines)} "
-                          f"(its whole output is in {log_path}).")
+                          f"(its whole output is in {log_path}; fix that, then export again).")
+
+
+def spawn(command: Sequence[str], env: dict[str, str]) -> subprocess.Popen[str]:
+    """Start a child whose lines are read from its stdout, and which is killed when this process dies.
+
+    On Linux the child asks for SIGKILL on its parent's death (prctl PR_SET_PDEATHSIG) before it execs. The
+    signal follows the THREAD that forked, so call this from the thread that then waits for the child, as
+    `run_builder` does. A parent that died between the fork and the prctl is caught by comparing getppid().
+    """
+    return subprocess.Popen(list(command), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+                            bufsize=1, preexec_fn=_die_with_parent())
+
+
+def _die_with_parent() -> Callable[[], None] | None:
+    if not sys.platform.startswith("linux"):
+        return None
+    import ctypes
+    import signal
+
+    # Resolved here, before the fork: between fork and exec the child only makes two system calls, which is
+    # what keeps a preexec_fn safe in a process with threads.
+    prctl = ctypes.CDLL(None, use_errno=True).prctl
+    parent, kill = os.getpid(), int(signal.SIGKILL)
+
+    def in_child() -> None:
+        prctl(_PR_SET_PDEATHSIG, kill)
+        if os.getppid() != parent:
+            os._exit(1)  # the parent is already gone: nobody would read this child
+
+    return in_child
 
 
 def _phase(line: str, layers: int) -> str | None:
@@ -108,6 +145,6 @@ def _phase(line: str, layers: int) -> str | None:
 
 def relevant(lines: Sequence[str], most: int = 3) -> str:
     """The lines of a failed build worth showing: the last error-looking ones, else the last line."""
-    errors = [line for line in lines if _ERROR_LINE.search(line) and not line.startswith("Traceback")]
+    errors = [line for line in lines if _ERROR_LINE.search(line) and not _CODE_LINE.match(line)]
     picked = errors[-most:] or [line for line in lines if line][-1:] or ["no output"]
     return " / ".join(line[:300] for line in picked)

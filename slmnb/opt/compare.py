@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import random
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from slmnb.errors import ExportError
 from slmnb.opt.export import Export, export
+from slmnb.opt.inputs import open_run
 from slmnb.opt.runtime import Timing
 from slmnb.text import text_table
 
@@ -162,16 +163,18 @@ def prepare(runs: Sequence[Any], prompts: Sequence[dict[str, Any] | str] | str |
             max_new_tokens: int = 64, few_shot: int = 0, evaluate: bool = False,
             on_phase: Callable[[str], None] | None = None) -> Comparison:
     """Export what is not exported yet and lay out the columns; nothing is generated here."""
+    import slmnb
     from slmnb.data import read_splits
-    from slmnb.training.run import TrainingRun, load_run
 
-    if isinstance(runs, str | Path | TrainingRun | Export):
+    if isinstance(runs, str | Path | slmnb.TrainingRun | Export):
         runs = [runs]
+    runs = list(runs) if isinstance(runs, Iterable) else []
     if not runs:
         raise ExportError("Name at least one run to compare with its base model.")
     # Everything that can be wrong is checked before the first export, which takes most of a minute.
-    trained = [item.run if isinstance(item, Export) else item if isinstance(item, TrainingRun) else load_run(item)
-               for item in runs]
+    _check_count("max_new_tokens", max_new_tokens, 1)
+    _check_count("few_shot", few_shot, 0)
+    trained = [item.run if isinstance(item, Export) else open_run(item) for item in runs]
     if any(run is None for run in trained):
         raise ExportError("compare needs runs (or their exports), whose prompt templates it uses.")
     config = trained[0].config
@@ -187,9 +190,8 @@ def prepare(runs: Sequence[Any], prompts: Sequence[dict[str, Any] | str] | str |
         raise ExportError(f"few_shot={few_shot} needs that many training rows; the run has {len(train)}.")
     rows = _prompts(prompts, test_rows or train)
 
-    exports = [item if isinstance(item, Export) else export(
-        run, on_phase=(lambda text, name=run.name: on_phase(f"{name}: {text}")) if on_phase else None)
-        for item, run in zip(runs, trained, strict=True)]
+    exports = [item if isinstance(item, Export) else export(run, on_phase=_named_phase(run.name, on_phase))
+               for item, run in zip(runs, trained, strict=True)]
     first = exports[0]
     if first.merged:
         raise ExportError(f"{first.folder} is a merged export with no base model inside: compare runs exported "
@@ -200,6 +202,19 @@ def prepare(runs: Sequence[Any], prompts: Sequence[dict[str, Any] | str] | str |
         examples = random.Random(0).sample(train, few_shot)
         columns.append(Column(f"base, {few_shot}-shot", first, adapter=False, examples=examples))
     return Comparison(rows, columns, test_rows, max_new_tokens)
+
+
+def _named_phase(name: str, on_phase: Callable[[str], None] | None) -> Callable[[str], None] | None:
+    """Each export's phases, prefixed with its run's name (several runs export in turn)."""
+    if on_phase is None:
+        return None
+    report = on_phase
+    return lambda text: report(f"{name}: {text}")
+
+
+def _check_count(option: str, value: Any, least: int) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < least:
+        raise ExportError(f"{option} must be a whole number of at least {least}, not {value!r}.")
 
 
 def _prompts(prompts: Sequence[dict[str, Any] | str] | str | Path | None,

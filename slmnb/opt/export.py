@@ -8,7 +8,8 @@ weights first, giving one self-contained model.
 
 from __future__ import annotations
 
-import json
+import errno
+import os
 import shutil
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -19,8 +20,17 @@ from slmnb.errors import ExportError
 from slmnb.opt import store
 from slmnb.opt.adapters import check_fits, lora_nodes, make_switchable, peft_weights, write_adapter
 from slmnb.opt.builder import run_builder, use_one_thread_if_small
+from slmnb.opt.inputs import (
+    base_config,
+    check_base,
+    check_choice,
+    check_output,
+    check_saved_output,
+    model_size,
+    open_run,
+)
 from slmnb.opt.runtime import Timing, forget, onnx_model
-from slmnb.paths import build_folder_once, replace_folder, temp_sibling
+from slmnb.paths import build_folder_once, replace_folder, slmnb_home, sweep_temps, temp_sibling
 
 PRECISIONS = ("int4", "int8", "fp32")
 ADAPTER_MODES = ("switchable", "merged")
@@ -110,47 +120,65 @@ def export(run_or_dir: Any, precision: str = "int4", adapters: str = "switchable
     Whatever is on disk and current already (the base model, the adapter) is reused, not rebuilt.
     `output` is the exports folder (default ./onnx), or one base model's folder to add the adapter to.
     """
-    run = exportable(run_or_dir, precision, adapters, device, provider)
+    run = exportable(run_or_dir, precision, adapters, device, provider, output=output)
+    root = check_output(output or store.EXPORTS_DIR)
     phase = on_phase or (lambda text: None)
     started = time.perf_counter()
-    if adapters == "merged":
-        folder = _merged(run, precision, Path(output or store.EXPORTS_DIR), phase)
-        return Export(folder, None, run, time.perf_counter() - started)
-    folder, adapter = _switchable(run, precision, Path(output or store.EXPORTS_DIR), phase)
+    try:
+        # Leftovers of exports and model conversions that were killed mid-write (their writer's pid is dead).
+        sweep_temps(root)
+        sweep_temps(slmnb_home() / "models")
+        if adapters == "merged":
+            folder, adapter = _merged(run, precision, root, phase), None
+        else:
+            folder, adapter = _switchable(run, precision, root, phase)
+    except OSError as exc:  # a full disk, a folder made read-only midway: what failed, and what to do
+        raise ExportError(_write_failure(exc, root)) from exc
     return Export(folder, adapter, run, time.perf_counter() - started)
 
 
-def exportable(run_or_dir: Any, precision: str = "int4", adapters: str = "switchable", device: str = "cpu",
-               provider: str = "CPUExecutionProvider") -> Any:
-    """The run to export, once every option and the run itself are checked: each problem is one sentence."""
-    from slmnb.training.run import LIVE_STATUSES, TrainingRun, load_run
+def _write_failure(exc: OSError, root: Path) -> str:
+    full = exc.errno in (errno.ENOSPC, errno.EDQUOT)
+    fix = "make room on the disk" if full else "give a writable output folder"
+    reason = (exc.strerror or "input/output error").lower()
+    return f"The export could not write {exc.filename or root} ({reason}): {fix}, then export again."
 
-    _check_choice("precision", precision, PRECISIONS)
-    _check_choice("adapters", adapters, ADAPTER_MODES)
+
+def exportable(run_or_dir: Any, precision: str = "int4", adapters: str = "switchable", device: str = "cpu",
+               provider: str = "CPUExecutionProvider", output: str | Path | None = None) -> Any:
+    """The run to export, once every option and the run itself are checked: each problem is one sentence.
+
+    Cheap enough for a notebook cell to call before it starts the export in the background.
+    """
+    from slmnb.training.states import RunState
+
+    check_choice("precision", precision, PRECISIONS)
+    check_choice("adapters", adapters, ADAPTER_MODES)
     if device != "cpu" or provider != "CPUExecutionProvider":
         raise ExportError("slmnb exports for --device cpu with the CPUExecutionProvider only: drop those options.")
-    run = run_or_dir if isinstance(run_or_dir, TrainingRun) else load_run(run_or_dir)
-    if run.status in LIVE_STATUSES:
+    check_output(output or store.EXPORTS_DIR)
+    run = open_run(run_or_dir)
+    state = RunState.read(str(run.status))
+    if state is not None and state.live:
         raise ExportError(f"Run {run.name!r} is still training: wait for it (run.wait()) or stop it, then export.")
-    if not run.output_path.is_dir():
-        raise ExportError(f"Run {run.name!r} has no saved {'model' if run.config.method == 'full' else 'adapter'} "
-                          f"(status {run.status}): resume it (slmnb.finetune(name={run.name!r}, resume=True)) and "
-                          "let it finish or stop, then export.")
     if adapters == "switchable" and run.config.method == "full":
         raise ExportError(f"Run {run.name!r} fine-tuned the whole model, so there is no adapter to switch: export "
                           "it with adapters='merged'.")
+    check_saved_output(run)
     return run
 
 
-def _check_choice(option: str, value: str, choices: Sequence[str]) -> None:
-    if value not in choices:
-        raise ExportError(f"{option} {value!r} is not supported: use one of {', '.join(choices)}.")
+def _base_model(run: Any) -> tuple[Path, dict[str, Any]]:
+    """The base model's folder and config, once the run's adapter is known to fit it (before the builder)."""
+    from slmnb.models import model_folder
+
+    hf_dir = Path(model_folder(run.config.model_name_or_path))
+    return hf_dir, check_base(run, hf_dir)
 
 
 def _switchable(run: Any, precision: str, output: Path, phase: Phase) -> tuple[Path, Path]:
-    from slmnb.models import model_folder
-
     phase("reading the adapter")
+    hf_dir, config = _base_model(run)
     weights = peft_weights(run.output_path)
     base_model = run.config.model_name_or_path
     if (output / store.MANIFEST).is_file():
@@ -159,13 +187,13 @@ def _switchable(run: Any, precision: str, output: Path, phase: Phase) -> tuple[P
         folder = output / store.base_folder_name(base_model, precision, weights)
     manifest = store.read_json(folder / store.MANIFEST)
     if manifest is None:
-        hf_dir = Path(model_folder(base_model))
-        layers, parameters = _size(hf_dir)
+        layers, parameters = model_size(config, base_model)
+        log = _log_beside(folder)
 
         def build(tmp: Path) -> None:
             raw = tmp / ".builder-output"
             run_builder(hf_dir, raw, precision, adapter_dir=run.output_path, keep_float=lora_nodes(layers),
-                        layers=layers, on_phase=phase, log_path=tmp / "builder.log")
+                        layers=layers, on_phase=phase, log_path=log)
             phase("making the LoRA inputs switchable")
             inputs = make_switchable(raw / "model.onnx", tmp)
             for item in raw.iterdir():
@@ -177,6 +205,7 @@ def _switchable(run: Any, precision: str, output: Path, phase: Phase) -> tuple[P
                 "format": store.FORMAT, "kind": "base", "base_model": base_model, "precision": precision,
                 "quantization": _quantization(precision), "lora_inputs": inputs, "created": time.time(),
                 "builder": _builder_version()})
+            os.replace(log, tmp / "builder.log")
 
         build_folder_once(folder, build)
         manifest = store.read_json(folder / store.MANIFEST) or {}
@@ -188,8 +217,22 @@ def _switchable(run: Any, precision: str, output: Path, phase: Phase) -> tuple[P
                           "to another output folder.")
     if manifest.get("precision") != precision:
         raise ExportError(f"{base} is {manifest.get('precision')}, not {precision}: export to another output folder.")
-    check_fits(weights, manifest["lora_inputs"], what, base)
+    inputs = manifest.get("lora_inputs")
+    if not isinstance(inputs, dict):
+        raise ExportError(f"{folder / store.MANIFEST} is damaged: delete {folder} and export again.")
+    check_fits(weights, inputs, what, base)
+    sweep_temps(folder)
+    sweep_temps(folder / "adapters")
     return folder, _adapter_file(run, folder, weights, phase)
+
+
+def _log_beside(folder: Path) -> Path:
+    """Where the builder writes its output: beside the folder being built, not inside its temp folder.
+
+    A failed build removes its temp folder, and the error names this log, so it must outlive the failure; a
+    successful build moves it into the finished folder.
+    """
+    return folder.parent / f"{folder.name}.builder.log"
 
 
 def _adapter_file(run: Any, folder: Path, weights: dict[str, Any], phase: Phase) -> Path:
@@ -211,8 +254,10 @@ def _adapter_file(run: Any, folder: Path, weights: dict[str, Any], phase: Phase)
 
 
 def _merged(run: Any, precision: str, output: Path, phase: Phase) -> Path:
-    from slmnb.models import load_model, load_tokenizer
+    from slmnb.models import load_tokenizer
 
+    if run.config.method != "full":
+        _base_model(run)
     source = run.output_path / ("model.safetensors" if run.config.method == "full" else "adapter_model.safetensors")
     digest = store.file_digest(source) if source.is_file() else str(run.output_path.stat().st_mtime)
     folder = output / store.merged_folder_name(run.name, precision)
@@ -223,18 +268,14 @@ def _merged(run: Any, precision: str, output: Path, phase: Phase) -> Path:
     try:
         hf_dir = tmp / ".merged-weights"
         phase("merging the LoRA into the weights")
-        if run.config.method == "full":
-            model = load_model(str(run.output_path))
-        else:
-            from peft import PeftModel
-
-            model = PeftModel.from_pretrained(load_model(run.config.model_name_or_path),
-                                              run.output_path).merge_and_unload()
+        model = _merged_model(run)
         model.save_pretrained(hf_dir)
         load_tokenizer(run.config.model_name_or_path).save_pretrained(hf_dir)
         del model
-        layers, parameters = _size(hf_dir)
-        run_builder(hf_dir, tmp, precision, layers=layers, on_phase=phase, log_path=tmp / "builder.log")
+        layers, parameters = model_size(base_config(hf_dir, run.name), run.name)
+        log = _log_beside(folder)
+        run_builder(hf_dir, tmp, precision, layers=layers, on_phase=phase, log_path=log)
+        os.replace(log, tmp / "builder.log")
         use_one_thread_if_small(tmp, parameters)
         shutil.rmtree(hf_dir)
         shutil.rmtree(tmp / ".builder-cache", ignore_errors=True)
@@ -249,12 +290,23 @@ def _merged(run: Any, precision: str, output: Path, phase: Phase) -> Path:
     return folder
 
 
-def _size(hf_dir: Path) -> tuple[int, float]:
-    """Layers, and roughly how many parameters the decoder has (for picking generation threads)."""
-    config = json.loads((hf_dir / "config.json").read_text(encoding="utf-8"))
-    layers, hidden = int(config["num_hidden_layers"]), int(config["hidden_size"])
-    inner = int(config.get("intermediate_size", 4 * hidden))
-    return layers, layers * (4 * hidden * hidden + 3 * hidden * inner) + config.get("vocab_size", 0) * hidden
+def _merged_model(run: Any) -> Any:
+    """The fine-tune as one model in memory: the full model's folder, or the base with the LoRA merged in."""
+    from slmnb.errors import SlmnbError
+    from slmnb.models import load_model
+
+    try:
+        if run.config.method == "full":
+            return load_model(str(run.output_path))
+        from peft import PeftModel
+
+        base = load_model(run.config.model_name_or_path)
+        return PeftModel.from_pretrained(base, run.output_path).merge_and_unload()
+    except (SlmnbError, OSError, MemoryError):
+        raise
+    except Exception as exc:  # transformers and peft refuse a model they cannot read in their own words
+        raise ExportError(f"Run {run.name!r} could not be loaded on its base model {run.config.model_name_or_path} "
+                          "for merging: check that the run's predict() works, then export again.") from exc
 
 
 def _quantization(precision: str) -> str:

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from slmnb.errors import ExportError
+from slmnb.opt.telemetry import disable_genai_events, telemetry_off
 
 _loaded: dict[Path, OnnxModel] = {}
 _loaded_lock = threading.Lock()
@@ -38,10 +39,10 @@ class OnnxModel:
     """An ONNX model folder loaded into onnxruntime-genai, with its adapters loaded on first use."""
 
     def __init__(self, folder: Path) -> None:
+        telemetry_off()  # before og loads onnxruntime, which reads it once
         import onnxruntime_genai as og
 
-        if hasattr(og, "disable_telemetry_events"):
-            og.disable_telemetry_events()
+        disable_genai_events(og)
         self.folder = folder
         try:
             self.model = og.Model(str(folder))

@@ -52,10 +52,12 @@ def file_digest(path: Path) -> str:
 
 
 def read_json(path: Path) -> dict[str, Any] | None:
+    """A JSON object from a file, or None when it is missing or damaged (a damaged manifest means: not built)."""
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (FileNotFoundError, json.JSONDecodeError):
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError):
         return None
+    return data if isinstance(data, dict) else None
 
 
 def write_json(path: Path, data: dict[str, Any]) -> None:

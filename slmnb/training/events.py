@@ -26,6 +26,7 @@ class Started(Event):
     precision: str
     output_dir: str
     dropped_rows: int  # rows whose response max_seq_len cut away entirely
+    notes: tuple[str, ...] = ()  # what a person should know, such as a damaged checkpoint that was skipped
 
 
 @dataclass(frozen=True)
@@ -83,7 +84,19 @@ def perplexity(loss: float) -> float:
 
 
 def from_metric(record: dict[str, Any]) -> Event:
-    """Rebuild a Step or Eval event from a metrics.jsonl line, to replay a run read from disk."""
+    """Rebuild a Step or Eval event from a metrics.jsonl line, to replay a run read from disk.
+
+    The line's shape was checked by the reader (event, step, elapsed and the loss); other values that are
+    missing or not numbers read as blanks, so an old or hand-edited file still replays.
+    """
     cls = METRIC_EVENTS[record["event"]]
-    names = cls.__dataclass_fields__
-    return cls(**{k: v for k, v in record.items() if k in names})
+    values: dict[str, Any] = {}
+    for name, f in cls.__dataclass_fields__.items():
+        value = record.get(name)
+        if name == "step":
+            values[name] = int(value) if isinstance(value, int) else 0
+        elif isinstance(value, int | float) and not isinstance(value, bool):
+            values[name] = float(value)
+        else:
+            values[name] = None if "None" in str(f.type) else math.nan
+    return cls(**values)

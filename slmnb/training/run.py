@@ -1,55 +1,58 @@
-"""TrainingRun: a fine-tuning job in a background thread of this process, and the functions that start and open runs.
+"""TrainingRun: one fine-tuning job, trained in a background thread of this process.
 
 The thread sends events; the run keeps them in `history`, mirrors them into the run folder and passes them to
-listeners. Stop, pause and resume act between optimizer steps, so no state is ever lost.
+listeners. Stop, pause and resume act between optimizer steps (stop also within tokenization and evaluation), so
+no state is lost. Runs are started and opened through `slmnb.training.runs.Runs`.
 """
 
 from __future__ import annotations
 
+import errno
 import gc
 import logging
 import os
+import shutil
 import threading
 import time
 import traceback
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
-from slmnb.config import FinetuneConfig, load_config
-from slmnb.data import Data, load_data, with_default_templates
+from slmnb.config import FinetuneConfig
+from slmnb.data import Data, load_data
 from slmnb.errors import RunError, SlmnbError
 from slmnb.training import events as ev
 from slmnb.training.openmp import release_openmp_pool
-from slmnb.training.runfiles import RunFolder, process_alive
+from slmnb.training.runfiles import RunFolder
+from slmnb.training.states import RunState
 
 log = logging.getLogger(__name__)
 Listener = Callable[[ev.Event], None]
 
-# Where runs go when a config names no output_dir; the notebook front end makes this a %config trait.
-RUNS_DIR = "runs"
+# Fields a resume may change: how long and how often, not what is trained (that would not fit the checkpoint).
+RESUMABLE_FIELDS = ("max_steps", "num_train_epochs", "eval_steps", "save_steps", "logging_steps",
+                    "early_stopping_patience", "precision", "gradient_checkpointing")
+_ENDING = {ev.Finished: RunState.FINISHED, ev.Stopped: RunState.STOPPED, ev.Failed: RunState.FAILED}
 
-_active: TrainingRun | None = None
-_active_lock = threading.Lock()
-# Every run this process started, by folder: resuming one gives back the same object, listeners and all.
-_runs: dict[Path, TrainingRun] = {}
 
-ENDED_STATUS = {ev.Finished: "finished", ev.Stopped: "stopped", ev.Failed: "failed"}
-LIVE_STATUSES = ("starting", "running", "pausing", "paused", "stopping")
+class StopNow(Exception):
+    """Raised inside the training thread to leave tokenization or evaluation at once when a stop is asked for."""
 
 
 class TrainingRun:
-    def __init__(self, config: FinetuneConfig, folder: RunFolder) -> None:
+    def __init__(self, config: FinetuneConfig, folder: RunFolder, status: RunState = RunState.CREATED) -> None:
         self.config = config
         self.folder = folder
         self.history: list[ev.Event] = []
-        self.status = "created"
+        self.status = status
         self._listeners: list[Listener] = []
         self._lock = threading.RLock()
         self._stop = threading.Event()
         self._unpaused = threading.Event()
         self._unpaused.set()
         self._thread: threading.Thread | None = None
+        self._folder_lock: IO[str] | None = None
         self._error: BaseException | None = None
         self._predictor: Any = None
         self._clock = (time.perf_counter(), 0.0)  # (origin, elapsed before this session of the run)
@@ -57,6 +60,7 @@ class TrainingRun:
         self._last_state_write = 0.0
         self._last_request_check = 0.0
         self._latest: dict[str, float] = {}  # the last loss, eval loss and perplexity, for run.json
+        self._record_failed = False
         # Under torchrun every rank trains, but only rank 0 writes the run folder.
         self._writer = int(os.environ.get("RANK", "0")) == 0
 
@@ -82,7 +86,10 @@ class TrainingRun:
     @property
     def max_steps(self) -> int | None:
         started = [e for e in self.history if isinstance(e, ev.Started)]
-        return started[-1].max_steps if started else self.folder.read_state().get("max_steps")
+        if started:
+            return started[-1].max_steps
+        value = self._saved_state().get("max_steps")
+        return value if isinstance(value, int) and not isinstance(value, bool) else self.config.max_steps
 
     @property
     def metrics(self) -> list[dict[str, Any]]:
@@ -100,7 +107,18 @@ class TrainingRun:
     def __repr__(self) -> str:
         return f"<TrainingRun {self.name!r} {self.status} step {self.step}/{self.max_steps or '?'} in {self.dir}>"
 
+    def _saved_state(self) -> dict[str, Any]:
+        try:
+            return self.folder.read_state()
+        except RunError:
+            return {}
+
     # --- listening ----------------------------------------------------------------------------------
+
+    @property
+    def listeners(self) -> tuple[Listener, ...]:
+        with self._lock:
+            return tuple(self._listeners)
 
     def subscribe(self, listener: Listener, replay: bool = False) -> Callable[[], None]:
         """Call `listener(event)` for each new event (from the training thread; keep it quick).
@@ -122,18 +140,35 @@ class TrainingRun:
         return unsubscribe
 
     def emit(self, event: ev.Event) -> None:
+        """Keep, record and pass on an event. Never raises: a full disk or a broken display must not end training."""
         with self._lock:
             self.history.append(event)
-            self.status = _status_after(event, self.status)
+            self._move_to(_state_after(event, self.status))
             if self._writer:
                 self._record(event)
             for listener in list(self._listeners):
                 try:
                     listener(event)
-                except Exception:  # a broken display must never stop training
-                    log.exception("slmnb: a run listener failed on %s", type(event).__name__)
+                except Exception as exc:
+                    # One line, once: a listener that fails once would fail on every event.
+                    self._listeners.remove(listener)
+                    log.warning("slmnb: a listener of run %r failed (%s: %s) and gets no more events.",
+                                self.name, type(exc).__name__, exc)
+
+    def _move_to(self, state: RunState) -> None:
+        if state != self.status and self.status.can_become(state):
+            self.status = state
 
     def _record(self, event: ev.Event) -> None:
+        try:
+            self._write_record(event)
+        except OSError as exc:
+            if not self._record_failed:  # the run goes on; the failure it causes later says why
+                self._record_failed = True
+                log.warning("slmnb: cannot write to run folder %s (%s); the run goes on.", self.dir,
+                            exc.strerror or exc)
+
+    def _write_record(self, event: ev.Event) -> None:
         if isinstance(event, ev.Step | ev.Eval):
             self.folder.append_metric(event.record())
         if isinstance(event, ev.Step):
@@ -145,7 +180,8 @@ class TrainingRun:
             return  # run.json is for other processes' eyes (the lab side panel): once a second is plenty
         self._last_state_write = now
         # The latest metrics go into every write, since a throttled event's values come with the next one.
-        state: dict[str, Any] = {"status": self.status, "step": event.step, "elapsed": event.elapsed, **self._latest}
+        state: dict[str, Any] = {"status": str(self.status), "step": event.step, "elapsed": event.elapsed,
+                                 **self._latest}
         if isinstance(event, ev.Started):
             state.update(max_steps=event.max_steps, precision=event.precision, pid=os.getpid())
         elif isinstance(event, ev.Failed):
@@ -154,78 +190,113 @@ class TrainingRun:
             state["ended_at"] = time.time()
         self.folder.update_state(**state)
 
-    # --- the EventSink the engine uses ----------------------------------------------------------------
+    # --- what the engine calls from the training thread -----------------------------------------------
 
     def elapsed(self) -> float:
         origin, before = self._clock
         return before + time.perf_counter() - origin - self._paused_for
 
-    def stop_requested(self) -> bool:
-        self._read_stop_request()
+    def should_stop(self) -> bool:
         return self._stop.is_set()
 
-    def _read_stop_request(self) -> None:
-        # The runs panel cannot reach this kernel while a cell blocks it (run.wait() does), so it leaves a file
-        # in the run folder; looking for it once a second costs nothing next to a step.
+    def poll_requests(self) -> None:
+        """Act on a stop request left in the run folder by another process (at most one look a second).
+
+        The runs panel cannot reach this kernel while a cell blocks it (run.wait() does), so it leaves a file.
+        """
         now = time.monotonic()
         if now - self._last_request_check >= 1.0:
             self._last_request_check = now
             if self._writer and self.folder.take_stop_request():
                 self.stop()
 
+    def check_stop(self) -> None:
+        """Raise StopNow if a stop was asked for: the long parts (tokenizing, evaluating) call this often."""
+        self.poll_requests()
+        if self._stop.is_set():
+            raise StopNow
+
     def hold_if_paused(self, step: int) -> None:
         if self._unpaused.is_set():
             return
         self.emit(ev.Paused(step=step, elapsed=self.elapsed()))
         held = time.perf_counter()
-        while not self._unpaused.wait(1.0):
-            self._read_stop_request()
+        while not self._unpaused.wait(0.5):
+            self.poll_requests()
         self._paused_for += time.perf_counter() - held
         if not self._stop.is_set():
             self.emit(ev.Resumed(step=step, elapsed=self.elapsed()))
-
-    def set_config(self, config: FinetuneConfig) -> None:
-        self.config = config
-        if self._writer:
-            self.folder.write_config(config)
 
     # --- controls -----------------------------------------------------------------------------------
 
     def stop(self) -> None:
         """End at the next step boundary, saving a checkpoint and the adapter. Returns at once."""
-        if self.status in LIVE_STATUSES:
-            self._stop.set()
-            self._unpaused.set()
-            with self._lock:
-                self.status = "stopping"
+        with self._lock:
+            if self.status.live:
+                self._stop.set()
+                self._unpaused.set()
+                self._move_to(RunState.STOPPING)
 
     def pause(self) -> None:
         """Hold the training thread before its next step; nothing is lost, and resume() continues."""
-        if self.status in ("starting", "running"):
-            self._unpaused.clear()
-            with self._lock:
-                self.status = "pausing"
+        with self._lock:
+            if self.status in (RunState.STARTING, RunState.RUNNING):
+                self._unpaused.clear()
+                self._move_to(RunState.PAUSING)
 
-    def resume(self) -> TrainingRun:
-        """Continue a paused run, or restart a stopped, failed or interrupted one from its last checkpoint."""
-        if self.status in ("pausing", "paused"):
-            self._unpaused.set()
-            return self
-        if self.status == "finished":
-            raise RunError(f"Run {self.name!r} has finished: to train it longer, call "
-                           f"slmnb.finetune(name={self.name!r}, resume=True, max_steps=MORE).")
-        if self.status in LIVE_STATUSES:
-            return self
-        self._start(resume=True)
+    def resume(self, *, listeners: Sequence[Listener] = (), **overrides: Any) -> TrainingRun:
+        """Continue: a paused run in place; an ended one from its last good checkpoint, with `overrides` applied.
+
+        Only how long and how often may change on resume (max_steps, num_train_epochs, eval_steps, ...). A
+        finished run trains only when given more steps or epochs.
+        """
+        with self._lock:
+            if self.status in (RunState.PAUSING, RunState.PAUSED) and not overrides:
+                self._unpaused.set()
+                if self.status == RunState.PAUSING:  # not held yet: it simply goes on
+                    self._move_to(RunState.RUNNING)
+                return self
+            if self.status.live or self.alive:
+                change = f" with {', '.join(overrides)} changed" if overrides else ""
+                raise RunError(f"Run {self.name!r} is training already ({self.status}): stop it first to resume "
+                               f"it{change}.")
+        config = self._resumed_config(overrides)
+        data = load_data(config)
+        checkpoint, notes = self.folder.last_checkpoint()
+        done = int(checkpoint.name.split("-")[-1]) if checkpoint else 0
+        if config.max_steps is not None and config.max_steps <= done:
+            raise RunError(f"Run {self.name!r} already reached step {done} of max_steps {config.max_steps}: to "
+                           f"train it longer, resume it with max_steps greater than {done}.")
+        if self.status == RunState.FINISHED and config.max_steps == self.config.max_steps and \
+                config.num_train_epochs <= self.config.num_train_epochs:
+            raise RunError(f"Run {self.name!r} has finished: to train it longer, resume it with a larger "
+                           "max_steps (or num_train_epochs).")
+        if config != self.config:
+            self.folder.write_config(config)
+            self.config = config
+        for listener in listeners:
+            self.subscribe(listener)
+        self._launch(data, checkpoint, notes)
         return self
 
+    def _resumed_config(self, overrides: dict[str, Any]) -> FinetuneConfig:
+        config = self.config.replace(**overrides)  # checked and typed like any config
+        fixed = sorted(k for k in overrides if k not in RESUMABLE_FIELDS and getattr(config, k, None) !=
+                       getattr(self.config, k, None))
+        if fixed:
+            raise RunError(f"{', '.join(fixed)} cannot change when resuming run {self.name!r} (only "
+                           f"{', '.join(RESUMABLE_FIELDS)} can): start a new run for that.")
+        return config
+
     def wait(self, timeout: float | None = None) -> TrainingRun:
-        """Block until the run ends (or timeout seconds pass); re-raises the exception of a failed run."""
+        """Block until the run ends (or timeout seconds pass); a failed run raises its one-sentence reason."""
         thread = self._thread
         if thread is not None:
             thread.join(timeout)
         if self._error is not None and not self.alive:
-            raise self._error
+            if isinstance(self._error, SlmnbError):
+                raise self._error
+            raise RunError(failure_reason(self._error, self.folder)) from self._error
         return self
 
     # --- using the result ---------------------------------------------------------------------------
@@ -259,176 +330,138 @@ class TrainingRun:
 
     # --- the thread ---------------------------------------------------------------------------------
 
-    def _start(self, resume: bool, data: Data | None = None) -> None:
-        global _active
+    def _launch(self, data: Data, checkpoint: Path | None, notes: Sequence[str] = ()) -> None:
+        """Claim this process's training slot and the folder's lock, then start the thread."""
         if self.alive:
             raise RunError(f"Run {self.name!r} is training already: pause or stop it with its buttons or methods.")
-        with _active_lock:
-            if _active is not None and _active is not self and _active.status in LIVE_STATUSES:
-                raise RunError(f"Run {_active.name!r} is still training: stop it (slmnb.active_run().stop()) or "
-                               "wait for it before starting another.")
-            _active = self
-        _runs[self.dir.resolve()] = self
-        data = data or load_data(self.config)
-        resume_from = None
-        if resume:
-            resume_from = self.folder.last_checkpoint()
-            step = int(resume_from.name.split("-")[-1]) if resume_from else 0
-            kept = self.folder.keep_metrics_until(step) if self._writer else []
+        TRAINING.claim(self)
+        try:
+            if self._writer:
+                self._folder_lock = self.folder.lock()
+                self.folder.sweep()
+            step = int(checkpoint.name.split("-")[-1]) if checkpoint else 0
+            kept = self.folder.keep_metrics_until(step) if self._writer and checkpoint else []
+            if self._writer and not checkpoint:
+                self.folder.keep_metrics_until(0)
             self.history = [ev.from_metric(r) for r in kept]
-        self._stop.clear()
-        self._unpaused.set()
-        self._error = None
-        self._paused_for = 0.0
-        self._clock = (time.perf_counter(), float(self.folder.read_state().get("elapsed", 0.0)) if resume else 0.0)
-        self.status = "starting"
-        if self._writer:
-            self.folder.take_stop_request()  # a request left for an earlier session of this run is stale
-            self.folder.update_state(status="starting", name=self.name, started_at=time.time(), pid=os.getpid(),
-                                     reason=None, ended_at=None)
-        release_openmp_pool()  # this thread's idle pool would slow the training thread's (see openmp.py)
-        self._thread = threading.Thread(target=self._work, args=(data, resume_from), daemon=True,
-                                        name=f"slmnb-{self.name}")
-        self._thread.start()
+            elapsed = self._saved_state().get("elapsed") if checkpoint else 0.0
+            self._clock = (time.perf_counter(), float(elapsed) if isinstance(elapsed, int | float) else 0.0)
+            self._stop.clear()
+            self._unpaused.set()
+            self._error = None
+            self._paused_for = 0.0
+            self._record_failed = False
+            self.status = RunState.STARTING
+            if self._writer:
+                self.folder.take_stop_request()  # a request left for an earlier session of this run is stale
+                self.folder.update_state(status=str(RunState.STARTING), name=self.name, started_at=time.time(),
+                                         pid=os.getpid(), reason=None, ended_at=None)
+            release_openmp_pool()  # this thread's idle pool would slow the training thread's (see openmp.py)
+            self._thread = threading.Thread(target=self._work, args=(data, checkpoint, tuple(notes)), daemon=True,
+                                            name=f"slmnb-{self.name}")
+            self._thread.start()
+        except BaseException:
+            self._release()
+            raise
 
-    def _work(self, data: Data, resume_from: Path | None) -> None:
-        global _active
+    def _work(self, data: Data, checkpoint: Path | None, notes: tuple[str, ...]) -> None:
         from slmnb.training import engine
 
         try:
-            outcome, output, step = engine.train(self.config, data, self.folder, self, resume_from)
-            if outcome == "stopped":
-                self.emit(ev.Stopped(step=step, elapsed=self.elapsed(), output_path=str(output)))
+            result = engine.train(self.config, data, self.folder, self, checkpoint, notes)
+            output = str(result.output or "")
+            if result.outcome == "stopped":
+                self.emit(ev.Stopped(step=result.step, elapsed=self.elapsed(), output_path=output))
             else:
-                self.emit(ev.Finished(step=step, elapsed=self.elapsed(), output_path=str(output), reason=outcome))
+                self.emit(ev.Finished(step=result.step, elapsed=self.elapsed(), output_path=output,
+                                      reason=result.outcome))
         except BaseException as exc:
             self._error = exc
             if self._writer:
-                self.folder.error_log.write_text(traceback.format_exc(), encoding="utf-8")
+                # A checkpoint cut short by the failure is useless, and on a full disk its space is what lets
+                # run.json and error.log take the reason.
+                self.folder.remove_partial_checkpoints()
+            if self._writer and not isinstance(exc, SlmnbError):
+                try:
+                    self.folder.error_log.write_text(traceback.format_exc(), encoding="utf-8")
+                except OSError:
+                    pass  # the reason still reaches run.json if anything can
             self.emit(ev.Failed(step=self.step, elapsed=self.elapsed(), reason=failure_reason(exc, self.folder)))
         finally:
-            with _active_lock:
-                if _active is self:
-                    _active = None
+            self._release()
             gc.collect()
 
+    def _release(self) -> None:
+        if self._folder_lock is not None:
+            self._folder_lock.close()
+            self._folder_lock = None
+        TRAINING.release(self)
 
-def _status_after(event: ev.Event, status: str) -> str:
+
+def _state_after(event: ev.Event, status: RunState) -> RunState:
     if isinstance(event, ev.Started):
-        return "stopping" if status == "stopping" else "running"
+        # A pause or stop asked for while the model loaded still holds once training starts.
+        return status if status in (RunState.PAUSING, RunState.STOPPING) else RunState.RUNNING
     if isinstance(event, ev.Paused):
-        return "paused"
+        return RunState.PAUSED
     if isinstance(event, ev.Resumed):
-        return "running"
-    for kind, ended in ENDED_STATUS.items():
+        return RunState.RUNNING
+    for kind, ended in _ENDING.items():
         if isinstance(event, kind):
             return ended
     return status
 
 
 def failure_reason(exc: BaseException, folder: RunFolder) -> str:
-    """One sentence: ours as is; anything else by type and first line, with where the traceback went."""
+    """One sentence: ours as is; a full disk as such; anything else by type and first line, and the log."""
     if isinstance(exc, SlmnbError):
         return str(exc)
+    if _disk_full(exc, folder.path):
+        return (f"The disk holding {folder.path} is full: free some space (or set output_dir on a larger disk), "
+                "then resume the run.")
     first = (str(exc).strip().splitlines() or [""])[0][:300]
     return f"{type(exc).__name__}: {first} (full traceback in {folder.error_log})."
 
 
-# --- starting and opening runs ---------------------------------------------------------------------
+def _disk_full(exc: BaseException, path: Path) -> bool:
+    # torch.save reports a full disk as a RuntimeError from its zip writer, so look at the disk as well.
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    try:
+        return shutil.disk_usage(path).free < 16 * 1024 * 1024
+    except OSError:
+        return False
 
 
-def finetune(config: FinetuneConfig | dict[str, Any] | str | Path | None = None, *, resume: bool = False,
-             listeners: Iterable[Listener] = (), **overrides: Any) -> TrainingRun:
-    """Start a fine-tuning run in a background thread and return it at once.
+class TrainingSlot:
+    """One run trains per process at a time: runs would share the same cores and OpenMP pools."""
 
-    The config and its data are checked here, so a mistake raises a ConfigError before any thread starts.
-    With resume=True the run named by the config continues from its last checkpoint; its saved config is used,
-    with `overrides` applied (max_steps=... trains it longer).
-    """
-    if resume:
-        base = load_config(config) if config is not None else None
-        name = overrides.pop("name", None) or (base.name if base else None)
-        output_dir = overrides.pop("output_dir", None) or (base.output_dir if base else None)
-        folder = RunFolder(output_dir or Path(RUNS_DIR) / (name or ""))
-        if (not name and not output_dir) or not folder.config_path.is_file():
-            raise RunError(f"There is no run to resume at {folder.path}: give the name of an existing run, or "
-                           "start a new one without resume=True.")
-        config = folder.read_config().replace(**overrides)
-        run = existing_run(folder.path) or TrainingRun(config, folder)
-        if not run.alive:  # a live run keeps its config; _start refuses it below
-            run.config = config
-    else:
-        config = with_default_templates(named(load_config(config, **overrides)))
-        folder = RunFolder(config.output_dir or Path(RUNS_DIR) / (config.name or ""))
-        if folder.exists():
-            raise RunError(f"Run folder {folder.path} exists already: choose another name, or pass resume=True to "
-                           "continue that run.")
-        data = load_data(config)
-        run = TrainingRun(config, folder)
-        folder.write_config(config)
-    for listener in listeners:
-        run.subscribe(listener)
-    run._start(resume=resume, data=None if resume else data)
-    return run
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.holder: TrainingRun | None = None
+
+    def claim(self, run: TrainingRun) -> None:
+        with self._lock:
+            if self.holder is not None and self.holder is not run:
+                raise RunError(f"Run {self.holder.name!r} is still training: stop it "
+                               f"(slmnb.active_run().stop()) or wait for it before starting another.")
+            self.holder = run
+
+    def release(self, run: TrainingRun) -> None:
+        with self._lock:
+            if self.holder is run:
+                self.holder = None
+
+    def check_free(self) -> None:
+        """Refuse early, before a new run's folder is made, when another run trains."""
+        with self._lock:
+            if self.holder is not None:
+                raise RunError(f"Run {self.holder.name!r} is still training: stop it "
+                               f"(slmnb.active_run().stop()) or wait for it before starting another.")
 
 
-def named(config: FinetuneConfig) -> FinetuneConfig:
-    """Give an unnamed config a name made of its data, method and the time; output_dir follows the name."""
-    if config.name:
-        return config
-    if config.data_name:
-        label = Path(config.data_name).name
-    elif config.data_files:
-        label = Path(config.data_files[0]).stem
-    else:
-        label = "rows"
-    name = f"{label}-{config.method}-{time.strftime('%Y%m%d-%H%M%S')}"
-    suffix = 1
-    while (Path(RUNS_DIR) / name).exists():
-        suffix += 1
-        name = f"{label}-{config.method}-{time.strftime('%Y%m%d-%H%M%S')}-{suffix}"
-    return config.replace(name=name)
-
-
-def active_run() -> TrainingRun | None:
-    return _active if _active is not None and _active.status in LIVE_STATUSES else None
-
-
-def existing_run(path: Path) -> TrainingRun | None:
-    """The TrainingRun object of a folder, if this process started it."""
-    return _runs.get(path.resolve())
-
-
-def list_runs(runs_dir: str | Path | None = None) -> list[TrainingRun]:
-    """The runs in a runs folder (default: the current one), oldest first."""
-    root = Path(runs_dir or RUNS_DIR)
-    if not root.is_dir():
-        return []
-    folders = [p for p in root.iterdir() if (p / "config.yaml").is_file()]
-    runs = [load_run(p) for p in folders]
-    return sorted(runs, key=lambda r: (r.folder.read_state().get("started_at") or 0.0, r.name))
-
-
-def load_run(name_or_dir: str | Path) -> TrainingRun:
-    """Open a run from its folder (or its name under the runs folder), with its history replayed from disk."""
-    path = Path(name_or_dir)
-    if not (path / "config.yaml").is_file():
-        path = Path(RUNS_DIR) / str(name_or_dir)
-    folder = RunFolder(path)
-    if not folder.config_path.is_file():
-        raise RunError(f"No run called {str(name_or_dir)!r}: give a run folder or the name of a run in "
-                       f"{Path(RUNS_DIR).resolve()}.")
-    live = existing_run(path)
-    if live is not None:
-        return live
-    run = TrainingRun(folder.read_config(), folder)
-    run.history = [ev.from_metric(r) for r in folder.read_metrics()]
-    state = folder.read_state()
-    status = state.get("status", "created")
-    if status in LIVE_STATUSES:
-        pid = state.get("pid")
-        # A live status written by a process that is gone (or by this one, which has no such run) was cut short.
-        if not pid or pid == os.getpid() or not process_alive(int(pid)):
-            status = "interrupted"
-    run.status = status
-    return run
+# The process's one training slot: a property of the process (its cores), not of any runs folder.
+TRAINING = TrainingSlot()

@@ -1,0 +1,73 @@
+"""From a config to the Trainer's TrainingArguments: a pure function, shared by the engine and the benchmarks."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from slmnb.config import FinetuneConfig
+from slmnb.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class StepPlan:
+    total: int  # optimizer steps of the whole run
+    eval_steps: int
+    save_steps: int
+    early_stopping: bool
+
+
+def plan_steps(config: FinetuneConfig, train_rows: int, has_eval: bool, world: int = 1) -> StepPlan:
+    """How many optimizer steps, and when to evaluate and save; about ten evaluations a run unless told."""
+    per_epoch = math.ceil(train_rows / (config.per_device_train_batch_size * world))
+    per_epoch = math.ceil(per_epoch / config.gradient_accumulation_steps)
+    total = config.max_steps or max(1, math.ceil(per_epoch * config.num_train_epochs))
+    eval_steps = config.eval_steps or max(1, total // 10)
+    save_steps = config.save_steps or eval_steps
+    early = config.early_stopping_patience is not None and has_eval
+    if early and save_steps % eval_steps:
+        raise ConfigError(f"early_stopping_patience needs save_steps to be a multiple of eval_steps ({eval_steps}): "
+                          "leave save_steps empty.")
+    return StepPlan(total=total, eval_steps=eval_steps, save_steps=save_steps, early_stopping=early)
+
+
+def training_arguments(config: FinetuneConfig, plan: StepPlan, *, precision: str, output_dir: str, has_eval: bool,
+                       cuda: bool = False, world: int = 1) -> Any:
+    from transformers import TrainingArguments
+
+    return TrainingArguments(
+        output_dir=output_dir,
+        use_cpu=not cuda,
+        bf16=precision == "bf16",
+        max_steps=plan.total,
+        per_device_train_batch_size=config.per_device_train_batch_size,
+        per_device_eval_batch_size=config.per_device_train_batch_size,
+        gradient_accumulation_steps=config.gradient_accumulation_steps,
+        learning_rate=config.learning_rate,
+        lr_scheduler_type=config.lr_scheduler_type,
+        # transformers 5 takes a fraction below 1 in warmup_steps as a ratio of the run (warmup_ratio is deprecated).
+        warmup_steps=config.warmup_ratio,
+        weight_decay=config.weight_decay,
+        logging_steps=config.logging_steps,
+        # The Trainer would replace a NaN or infinite loss with the running mean; we want to see it and stop.
+        logging_nan_inf_filter=False,
+        eval_strategy="steps" if has_eval else "no",
+        eval_steps=plan.eval_steps,
+        save_strategy="steps",
+        save_steps=plan.save_steps,
+        save_total_limit=2,
+        load_best_model_at_end=plan.early_stopping,
+        metric_for_best_model="eval_loss" if plan.early_stopping else None,
+        seed=config.seed,
+        data_seed=config.seed,
+        activation_checkpointing=config.gradient_checkpointing,
+        activation_checkpointing_kwargs={"use_reentrant": False} if config.gradient_checkpointing else None,
+        ddp_backend="gloo" if world > 1 and not cuda else None,
+        report_to="none",
+        disable_tqdm=True,
+        remove_unused_columns=False,
+        include_num_input_tokens_seen="non_padding",
+        prediction_loss_only=True,  # evaluation needs the loss, not every position's logits
+        dataloader_num_workers=0,
+    )

@@ -1,0 +1,111 @@
+"""Settle what a config leaves to the model, before any thread starts: the training layer never changes it later.
+
+The model's Linear layers are read from the safetensors headers of its folder (JSON at the start of each file: a
+few milliseconds, no torch import, so the cell still returns at once), so `target_modules` is resolved and checked,
+and lora_r checked against the layers, before anything trains. A folder without safetensors is built on the meta
+device instead (a few seconds of imports, no weights).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from slmnb.config import FinetuneConfig
+from slmnb.errors import ConfigError
+from slmnb.models import model_folder
+
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "tokenizer_config.json")
+
+
+def settle(config: FinetuneConfig) -> FinetuneConfig:
+    """The config with target_modules resolved for the architecture, checked against the model's layers."""
+    folder = model_folder(config.model_name_or_path)
+    if Path(folder).is_dir() and not any((Path(folder) / name).is_file() for name in _TOKENIZER_FILES):
+        raise ConfigError(f"The model folder {folder} has no tokenizer: save one into it "
+                          "(tokenizer.save_pretrained(folder)).")
+    linears = linear_layers(folder)
+    if config.method == "full":
+        return config
+    targets = config.target_modules or default_target_modules(linears)
+    if targets == "all-linear":
+        widths = [min(shape) for shape in linears.values()]
+    else:
+        unmatched = [t for t in targets if not any(_matches(name, t) for name in linears)]
+        if unmatched:
+            leaves = sorted({name.split(".")[-1] for name in linears})
+            raise ConfigError(f"target_modules {', '.join(unmatched)} match{'es' if len(unmatched) == 1 else ''} no "
+                              f"layer of this model: use some of {', '.join(leaves)}, or all-linear.")
+        widths = [min(shape) for name, shape in linears.items() if any(_matches(name, t) for t in targets)]
+    narrowest = min(widths, default=0)
+    if narrowest and config.lora_r > narrowest:
+        raise ConfigError(f"lora_r {config.lora_r} is larger than the layers it adapts ({narrowest} wide): use at "
+                          f"most {narrowest}; 8 to 64 is usual.")
+    return config.replace(target_modules=targets)
+
+
+def default_target_modules(linears: dict[str, tuple[int, int]]) -> list[str] | str:
+    """The attention's query and value projections where the model calls them q_proj and v_proj, as peft does for
+    Llama, Mistral, Qwen and Gemma; all-linear for any other naming."""
+    leaves = {name.split(".")[-1] for name in linears}
+    return ["q_proj", "v_proj"] if {"q_proj", "v_proj"} <= leaves else "all-linear"
+
+
+def linear_layers(folder: str) -> dict[str, tuple[int, int]]:
+    """The model's Linear layers (but the embeddings and output head) as {dotted name: (in, out)}, without weights."""
+    try:
+        config = json.loads((Path(folder) / "config.json").read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        config = None
+    if not isinstance(config, dict):
+        raise ConfigError(f"The config.json of the model at {folder} is not a usable model config: point "
+                          "model_name_or_path at a folder saved with save_pretrained.")
+    shapes = _safetensors_shapes(Path(folder))
+    if shapes is None:
+        return _linear_layers_on_meta(folder)
+    vocab = config.get("vocab_size") or (config.get("text_config") or {}).get("vocab_size")
+    return {key[: -len(".weight")]: (shape[1], shape[0]) for key, shape in shapes.items()
+            if key.endswith(".weight") and len(shape) == 2 and shape[0] != vocab and shape[1] != vocab}
+
+
+def _safetensors_shapes(folder: Path) -> dict[str, list[int]] | None:
+    """{tensor name: shape} from the headers of the folder's safetensors files; None when there are none."""
+    files = sorted(folder.glob("*.safetensors"))
+    if not files:
+        return None
+    shapes: dict[str, list[int]] = {}
+    for path in files:
+        try:
+            with open(path, "rb") as handle:
+                size = int.from_bytes(handle.read(8), "little")
+                header = json.loads(handle.read(size)) if 0 < size < 100_000_000 else None
+            if not isinstance(header, dict):
+                raise ValueError
+            shapes.update({k: list(v["shape"]) for k, v in header.items() if k != "__metadata__"})
+        except (OSError, ValueError, KeyError, TypeError):
+            raise ConfigError(f"The weights file {path.name} of the model at {folder} is damaged: save the model "
+                              "again with save_pretrained.") from None
+    return shapes
+
+
+def _linear_layers_on_meta(folder: str) -> dict[str, tuple[int, int]]:
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    try:
+        model_config = AutoConfig.from_pretrained(folder)
+        with torch.device("meta"):
+            model: Any = AutoModelForCausalLM.from_config(model_config)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, ImportError):
+        # transformers' own messages here are long and about its internals; the fix is the same for all.
+        raise ConfigError(f"The config.json of the model at {folder} is not a usable model config: point "
+                          "model_name_or_path at a folder saved with save_pretrained.") from None
+    head = model.get_output_embeddings()
+    return {name: (module.in_features, module.out_features) for name, module in model.named_modules()
+            if isinstance(module, torch.nn.Linear) and module is not head}
+
+
+def _matches(name: str, target: str) -> bool:
+    # peft's rule for a list of names: the whole dotted name, or its ending after a dot.
+    return name == target or name.endswith("." + target)
