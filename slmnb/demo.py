@@ -42,9 +42,10 @@ def main() -> int:
 
     start = time.perf_counter()
     exported = export(run, on_phase=lambda text: print(f"  export: {text}", file=sys.stderr, flush=True))
+    adapter = exported.adapter
+    assert adapter is not None  # switchable adapters are the default
     print(f"exported to ONNX {exported.precision} in {time.perf_counter() - start:.0f} s: {exported.folder} "
-          f"({exported.size_mb:.0f} MB) + {exported.adapter.name} "
-          f"({exported.adapter.stat().st_size / 1e6:.1f} MB)\n")
+          f"({exported.size_mb:.0f} MB) + {adapter.name} ({adapter.stat().st_size / 1e6:.1f} MB)\n")
 
     comparison = compare(run, evaluate=True, max_new_tokens=16, few_shot=4)
     print(comparison)

@@ -317,7 +317,8 @@ class SideEffects:
         started = [t for t in set(threading.enumerate()) - self.threads if t.is_alive()]
         assert not started, f"{where}: a refused input started threads {started}"
         runs = Path("runs")
-        assert not runs.exists() or not any(runs.iterdir()), f"{where}: a refused input left {list(runs.iterdir())}"
+        left = sorted(runs.iterdir()) if runs.exists() else []
+        assert not left, f"{where}: a refused input left {len(left)} run folders, such as {left[:3]}"
 
 
 def stop_and_fail(run: Any, where: str, what: str) -> None:

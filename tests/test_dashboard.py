@@ -57,13 +57,15 @@ def test_updates_are_throttled_and_long_runs_decimated(run: TrainingRun, comms: 
 
 
 def test_widget_messages_stay_few_and_small(run: TrainingRun, comms: list) -> None:
-    Dashboard(run).follow()
+    dashboard = Dashboard(run).follow()
     before = sum(len(c.messages) for c in comms)
     run.emit(started(2000))
     for n in range(1, 2001):
         run.emit(step(n))
     run.emit(ev.Finished(step=2000, elapsed=200.0, output_path="x", reason="completed"))
-    time.sleep(0.6)
+    assert dashboard._drawer is not None
+    dashboard._drawer.join(5)  # the final redraw is done
+    assert not dashboard._drawer.is_alive()
     sent = [m for c in comms for m in c.messages][before:]
     assert len(sent) < 60  # a handful of redraws, not one per step
     assert max(len(str(m)) for m in sent) < 120_000

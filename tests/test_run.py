@@ -187,7 +187,7 @@ def test_one_active_run_per_process(workdir, tiny) -> None:
 
 
 def test_target_modules_are_checked_against_the_model_before_any_folder(workdir, tiny) -> None:
-    with pytest.raises(ConfigError, match=r"target_modules vv_proj matches no layer of this model: use some of .*q_proj"):
+    with pytest.raises(ConfigError, match=r"target_modules vv_proj matches no layer of this model: use some of .*q_pr"):
         slmnb.finetune(tiny, name="typo", target_modules="q_proj,vv_proj")
     with pytest.raises(ConfigError, match=r"lora_r 100 is larger than the layers it adapts \(32 wide\)"):
         slmnb.finetune(tiny, name="wide", lora_r=100)

@@ -229,9 +229,8 @@ def test_a_nan_loss_fails_the_run_and_keeps_the_last_good_checkpoint_and_adapter
     assert (run.output_path / "adapter_model.safetensors").read_bytes() == adapter
     checkpoints = sorted(run.dir.glob("checkpoints/checkpoint-*"))
     assert checkpoints and all(checkpoint_problem(p) is None for p in checkpoints)
-    from safetensors.numpy import load_file
-
     import numpy as np
+    from safetensors.numpy import load_file
 
     for path in checkpoints:
         assert all(np.isfinite(w).all() for w in load_file(path / "adapter_model.safetensors").values())
@@ -397,3 +396,90 @@ def test_a_full_disk_fails_the_run_with_the_reason_everywhere(workdir: Path, con
     assert (small_disk / "run" / "error.log").read_text().startswith("Traceback")
     reopened = Runs("runs").open(small_disk / "run")
     assert reopened.status == RunState.FAILED
+
+
+# --- generated damage: any bytes in any of a run folder's files -------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def finished_folder(tmp_path_factory) -> Path:
+    """One real finished run (without its checkpoints) to copy and damage."""
+    root = tmp_path_factory.mktemp("template")
+    rows = [{"phrase": f"sample phrase number {i}", "tone": "Joy"} for i in range(16)]
+    run = Runs(root).start({"model_name_or_path": "tiny-llama", "rows": rows, "prompt_template": "{phrase}",
+                            "response_template": "{tone}", "max_steps": 2, "eval_steps": 1, "precision": "fp32"},
+                           name="template").wait(120)
+    import shutil
+
+    shutil.rmtree(run.dir / "checkpoints")
+    return run.dir
+
+
+def _json_values():
+    from hypothesis import strategies as st
+
+    scalars = st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20)
+    return st.recursive(scalars, lambda inner: st.lists(inner, max_size=4) |
+                        st.dictionaries(st.sampled_from(["status", "step", "max_steps", "elapsed", "pid", "loss",
+                                                         "event", "eval_loss", "started_at", "reason"]) |
+                                        st.text(max_size=8), inner, max_size=6), max_leaves=12)
+
+
+def test_any_damage_to_a_run_folder_is_one_sentence_or_reads_back(finished_folder: Path, tmp_path: Path) -> None:
+    import shutil
+
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    from slmnb.notebook.views import RunsTable
+
+    contents = (st.binary(max_size=200) | _json_values().map(lambda v: json.dumps(v).encode()) |
+                st.lists(_json_values().map(json.dumps), max_size=5).map(lambda lines: "\n".join(lines).encode()) |
+                st.text(max_size=200).map(str.encode))
+    counter = iter(range(10**9))
+
+    @settings(max_examples=150, deadline=None, database=None,
+              suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+    @given(st.sampled_from(["run.json", "config.yaml", "metrics.jsonl"]), contents)
+    def damaged(file: str, content: bytes) -> None:
+        root = tmp_path / f"root-{next(counter)}"
+        shutil.copytree(finished_folder, root / "victim")
+        shutil.copytree(finished_folder, root / "healthy")
+        (root / "victim" / file).write_bytes(content)
+        runs = Runs(root)
+        try:
+            run = runs.open("victim")
+        except RunError as exc:
+            message = str(exc)
+            assert "\n" not in message and "Traceback" not in message and "Error:" not in message
+        else:
+            assert isinstance(run.status, RunState)
+            repr(run), run.max_steps, run.metrics
+        listed = runs.list()
+        assert "healthy" in [r.dir.name for r in listed]
+        assert len(listed) + len(listed.skipped) == 2
+        repr(RunsTable.of(listed))
+        shutil.rmtree(root)
+
+    damaged()
+
+
+@pytest.mark.parametrize(("damage", "message"), [
+    (lambda folder: (folder / "config.json").write_text("{not json"), "is not a usable model config"),
+    (lambda folder: (folder / "config.json").write_bytes(b"\xff\xfe"), "is not a usable model config"),
+    (lambda folder: [p.unlink() for p in folder.glob("tokenizer*")], "has no tokenizer: save one into it"),
+    (lambda folder: (folder / "model.safetensors").write_bytes(b"\x01"), "is damaged: save the model again"),
+])
+def test_a_broken_model_folder_is_one_sentence_before_any_run_folder(workdir: Path, tiny: dict, damage,
+                                                                      message: str) -> None:
+    import shutil
+
+    from slmnb.errors import ConfigError
+    from slmnb.models import model_folder
+
+    folder = workdir / "model"
+    shutil.copytree(model_folder("tiny-llama"), folder)
+    damage(folder)
+    with pytest.raises(ConfigError, match=message):
+        slmnb.finetune(tiny, model_name_or_path=str(folder), name="broken")
+    assert not (workdir / "runs").exists()

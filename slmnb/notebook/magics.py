@@ -67,7 +67,7 @@ class FinetuneMagics(Magics):
 
             return DryRun(preview(config))
         run = launch.start(self.runs, config, wait=args.wait)
-        if args.var:
+        if args.var and self.shell is not None:
             self.shell.user_ns[args.var] = run
         return run
 

@@ -32,9 +32,10 @@ def open_run(target: Any) -> Any:
     A name is only ever looked up inside the runs folder: '../../x' or 'a/b' that is no run folder is refused
     rather than followed out of it.
     """
-    import slmnb
+    from slmnb.training.run import TrainingRun
+    from slmnb.training.runs import load_run
 
-    if isinstance(target, slmnb.TrainingRun):
+    if isinstance(target, TrainingRun):
         return target
     if not isinstance(target, str | Path):
         raise ExportError(f"Give a run, the name of a run or a run folder, not {type(target).__name__}.")
@@ -45,11 +46,11 @@ def open_run(target: Any) -> Any:
         raise ExportError(f"{text!r} is not a run name: names are letters, digits, '.', '_' and '-'.")
     path = Path(text).expanduser()
     if (path / "config.yaml").is_file():
-        return slmnb.load_run(path)  # a run folder, wherever it is
+        return load_run(path)  # a run folder, wherever it is
     if any(c in text for c in _BAD_NAME_CHARACTERS) or text.strip(".") == "":
         raise ExportError(f"{text!r} is neither a run folder (no config.yaml there) nor a run name (a name has no "
                           "'/' and is not '..'): give the name of a run in ./runs or the folder of one.")
-    return slmnb.load_run(text)
+    return load_run(text)
 
 
 def open_runs(targets: Sequence[Any]) -> list[Any]:

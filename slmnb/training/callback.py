@@ -48,7 +48,7 @@ def make_callback(sink: Sink, config: FinetuneConfig, run_dir: Path, dropped: in
 
     from slmnb.training.run import StopNow
 
-    class EventCallback(TrainerCallback):  # type: ignore[misc]
+    class EventCallback(TrainerCallback):
         def __init__(self) -> None:
             self.last_log = (time.perf_counter(), 0)
 

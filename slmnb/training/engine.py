@@ -111,7 +111,7 @@ def trim_to_labelled_tail(inputs: dict[str, Any]) -> dict[str, Any]:
 def _trainer_class() -> Any:
     from transformers import Trainer
 
-    class TailLossTrainer(Trainer):  # type: ignore[misc]
+    class TailLossTrainer(Trainer):
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):  # type: ignore[no-untyped-def]
             return super().compute_loss(model, trim_to_labelled_tail(inputs), return_outputs, num_items_in_batch)
 
@@ -150,7 +150,7 @@ def train(config: FinetuneConfig, rows: data_mod.Data, folder: RunFolder, sink: 
     args = training_arguments(config, plan, precision=precision, output_dir=str(folder.checkpoints),
                               has_eval=bool(eval_set), cuda=_has_cuda(), world=world)
     callbacks = [make_callback(sink, config, folder.path, dropped, notes)]
-    if plan.early_stopping:
+    if plan.early_stopping and config.early_stopping_patience:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=config.early_stopping_patience))
     trainer = _trainer_class()(model=model, args=args, train_dataset=train_set, eval_dataset=eval_set or None,
                                data_collator=Collator(tokenizer.pad_token_id), callbacks=callbacks)

@@ -6,7 +6,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 
@@ -91,7 +91,8 @@ def from_metric(record: dict[str, Any]) -> Event:
     """
     cls = METRIC_EVENTS[record["event"]]
     values: dict[str, Any] = {}
-    for name, f in cls.__dataclass_fields__.items():
+    for f in fields(cls):
+        name = f.name
         value = record.get(name)
         if name == "step":
             values[name] = int(value) if isinstance(value, int) else 0

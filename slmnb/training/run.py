@@ -7,11 +7,9 @@ no state is lost. Runs are started and opened through `slmnb.training.runs.Runs`
 
 from __future__ import annotations
 
-import errno
 import gc
 import logging
 import os
-import shutil
 import threading
 import time
 import traceback
@@ -23,6 +21,7 @@ from slmnb.config import FinetuneConfig
 from slmnb.data import Data, load_data
 from slmnb.errors import RunError, SlmnbError
 from slmnb.training import events as ev
+from slmnb.training.failure import TRAINING, failure_reason
 from slmnb.training.openmp import release_openmp_pool
 from slmnb.training.runfiles import RunFolder
 from slmnb.training.states import RunState
@@ -296,7 +295,7 @@ class TrainingRun:
         if self._error is not None and not self.alive:
             if isinstance(self._error, SlmnbError):
                 raise self._error
-            raise RunError(failure_reason(self._error, self.folder)) from self._error
+            raise RunError(failure_reason(self._error, self.folder.path, self.folder.error_log)) from self._error
         return self
 
     # --- using the result ---------------------------------------------------------------------------
@@ -386,7 +385,8 @@ class TrainingRun:
                     self.folder.error_log.write_text(traceback.format_exc(), encoding="utf-8")
                 except OSError:
                     pass  # the reason still reaches run.json if anything can
-            self.emit(ev.Failed(step=self.step, elapsed=self.elapsed(), reason=failure_reason(exc, self.folder)))
+            reason = failure_reason(exc, self.folder.path, self.folder.error_log)
+            self.emit(ev.Failed(step=self.step, elapsed=self.elapsed(), reason=reason))
         finally:
             self._release()
             gc.collect()
@@ -410,58 +410,3 @@ def _state_after(event: ev.Event, status: RunState) -> RunState:
         if isinstance(event, kind):
             return ended
     return status
-
-
-def failure_reason(exc: BaseException, folder: RunFolder) -> str:
-    """One sentence: ours as is; a full disk as such; anything else by type and first line, and the log."""
-    if isinstance(exc, SlmnbError):
-        return str(exc)
-    if _disk_full(exc, folder.path):
-        return (f"The disk holding {folder.path} is full: free some space (or set output_dir on a larger disk), "
-                "then resume the run.")
-    first = (str(exc).strip().splitlines() or [""])[0][:300]
-    return f"{type(exc).__name__}: {first} (full traceback in {folder.error_log})."
-
-
-def _disk_full(exc: BaseException, path: Path) -> bool:
-    # torch.save reports a full disk as a RuntimeError from its zip writer, so look at the disk as well.
-    seen: BaseException | None = exc
-    while seen is not None:
-        if isinstance(seen, OSError) and seen.errno in (errno.ENOSPC, errno.EDQUOT):
-            return True
-        seen = seen.__cause__ or seen.__context__
-    try:
-        return shutil.disk_usage(path).free < 16 * 1024 * 1024
-    except OSError:
-        return False
-
-
-class TrainingSlot:
-    """One run trains per process at a time: runs would share the same cores and OpenMP pools."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self.holder: TrainingRun | None = None
-
-    def claim(self, run: TrainingRun) -> None:
-        with self._lock:
-            if self.holder is not None and self.holder is not run:
-                raise RunError(f"Run {self.holder.name!r} is still training: stop it "
-                               f"(slmnb.active_run().stop()) or wait for it before starting another.")
-            self.holder = run
-
-    def release(self, run: TrainingRun) -> None:
-        with self._lock:
-            if self.holder is run:
-                self.holder = None
-
-    def check_free(self) -> None:
-        """Refuse early, before a new run's folder is made, when another run trains."""
-        with self._lock:
-            if self.holder is not None:
-                raise RunError(f"Run {self.holder.name!r} is still training: stop it "
-                               f"(slmnb.active_run().stop()) or wait for it before starting another.")
-
-
-# The process's one training slot: a property of the process (its cores), not of any runs folder.
-TRAINING = TrainingSlot()

@@ -243,7 +243,7 @@ class RunFolder:
 
     def last_checkpoint(self) -> tuple[Path | None, list[str]]:
         """The newest checkpoint that can be resumed from, and a note for each newer one that was skipped."""
-        notes = []
+        notes: list[str] = []
         for step, path in self.checkpoints_newest_first():
             problem = checkpoint_problem(path)
             if problem is None:

@@ -15,7 +15,8 @@ from typing import Any
 from slmnb.config import NAME_PATTERN, FinetuneConfig, load_config
 from slmnb.data import load_data, with_default_templates
 from slmnb.errors import RunError
-from slmnb.training.run import TRAINING, Listener, TrainingRun
+from slmnb.training.failure import TRAINING
+from slmnb.training.run import Listener, TrainingRun
 from slmnb.training.runfiles import CorruptRun, RunFolder
 from slmnb.training.states import RunState
 
