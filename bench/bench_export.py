@@ -143,7 +143,8 @@ def main() -> None:
     med = {k: statistics.median(v) for k, v in speed.items()}
 
     # 3. quality
-    from slmnb.data import read_splits, select_split
+    from slmnb.data import select_split
+    from slmnb.datafiles import read_splits
     from slmnb.training.generate import first_word, score
 
     rows = select_split(read_splits(run.config), "test", "split")

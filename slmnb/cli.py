@@ -13,7 +13,13 @@ import time
 from typing import Any, TextIO
 
 from slmnb.errors import SlmnbError
-from slmnb.options import add_compare_options, add_config_options, add_export_options, refuse_unknown
+from slmnb.options import (
+    OptionParser,
+    add_compare_options,
+    add_config_options,
+    add_export_options,
+    refuse_unknown,
+)
 from slmnb.text import clock
 from slmnb.training import events as ev
 
@@ -21,7 +27,8 @@ SHORT_OPTIONS = {"model_name_or_path": "-m", "output_dir": "-o"}
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="slmnb", description="Fine-tune small language models.")
+    # OptionParser (and its subparsers) turn argparse's usage errors into one ConfigError sentence.
+    parser = OptionParser(prog="slmnb", description="Fine-tune small language models.")
     commands = parser.add_subparsers(dest="command", required=True)
     finetune = commands.add_parser("finetune", help="Fine-tune a model (LoRA, QLoRA or full).",
                                    argument_default=argparse.SUPPRESS)
@@ -136,12 +143,12 @@ def run_compare(options: dict[str, Any]) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    parsed, unknown = parser.parse_known_args(argv)
-    args = vars(parsed)
-    command = args.pop("command")
-    if unknown and command != "finetune":
-        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     try:
+        parsed, unknown = parser.parse_known_args(argv)
+        args = vars(parsed)
+        command = args.pop("command")
+        if unknown and command != "finetune":
+            parser.error(f"unrecognized arguments: {' '.join(unknown)}")
         refuse_unknown(unknown)
         if command == "finetune":
             return run_finetune(args)

@@ -10,7 +10,8 @@ import argparse
 from dataclasses import fields
 from typing import Any
 
-from slmnb.config import FinetuneConfig, short_repr, unknown_key_message
+from slmnb.checks import short_repr
+from slmnb.config import FinetuneConfig, unknown_key_message
 from slmnb.errors import ConfigError
 
 FIELD_NAMES = [f.name for f in fields(FinetuneConfig)]
@@ -36,13 +37,14 @@ def add_config_options(parser: argparse.ArgumentParser, short: dict[str, str]) -
     """Add `--<field>` for every config field (inline rows excepted: they belong in a config body)."""
     for f in fields(FinetuneConfig):
         kind = f.metadata["kind"]
+        text = f.metadata["help"].replace("%", "%%")  # argparse formats help with %: train[:90%] would break it
         if kind == "rows":
             continue
         flags = [f"--{f.name}"] + ([short[f.name]] if f.name in short else [])
         if kind == "bool":
-            parser.add_argument(*flags, nargs="?", const="true", metavar="true|false", help=f.metadata["help"])
+            parser.add_argument(*flags, nargs="?", const="true", metavar="true|false", help=text)
         else:
-            parser.add_argument(*flags, metavar=kind.upper(), help=f.metadata["help"])
+            parser.add_argument(*flags, metavar=kind.upper(), help=text)
 
 
 def refuse_unknown(unknown: list[str]) -> None:

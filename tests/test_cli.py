@@ -88,3 +88,11 @@ def test_torchrun_two_processes(config_file: Path) -> None:
     assert (state["status"], state["max_steps"], state["step"]) == ("finished", 3, 3)
     assert Path("runs/ddp/adapter/adapter_model.safetensors").is_file()
     assert result.stderr.count("finished (completed)") == 1  # only rank 0 reports
+
+
+def test_help_lists_every_field(capsys) -> None:
+    with pytest.raises(SystemExit) as done:
+        main(["finetune", "--help"])
+    assert done.value.code == 0
+    out = capsys.readouterr().out
+    assert "--lora_r" in out and "train[:90%]" in out  # a % in a help text once broke argparse's formatting

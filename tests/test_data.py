@@ -6,7 +6,8 @@ from collections import Counter
 import pytest
 
 from slmnb.config import FinetuneConfig
-from slmnb.data import encode, load_data, preview, read_splits, select_split, with_default_templates
+from slmnb.data import encode, load_data, preview, select_split, with_default_templates
+from slmnb.datafiles import read_splits
 from slmnb.errors import ConfigError
 from slmnb.models import load_tokenizer
 

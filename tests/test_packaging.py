@@ -102,6 +102,6 @@ def test_every_test_has_a_deadline_that_ends_even_a_hung_thread(pytestconfig: py
 def test_make_test_lints_and_type_checks_before_the_tests() -> None:
     commands = subprocess.run(["make", "-n", "-C", str(ROOT), "test"], capture_output=True, text=True,
                               check=True, timeout=60).stdout.splitlines()
-    ruff, mypy, pytest_run = (next(i for i, line in enumerate(commands) if tool in line)
+    ruff, mypy, pytest_run = (next((i for i, line in enumerate(commands) if tool in line), -1)
                               for tool in ("ruff check slmnb tests bench", "/mypy", "-m pytest"))
-    assert ruff < mypy < pytest_run, commands
+    assert -1 < ruff < mypy < pytest_run, "\n".join(commands)

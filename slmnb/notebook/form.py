@@ -29,7 +29,8 @@ class ConfigForm:
     def __init__(self, config: FinetuneConfig | None = None) -> None:
         import ipywidgets as w
 
-        from slmnb.data import bundled_datasets, with_default_templates
+        from slmnb.data import with_default_templates
+        from slmnb.datafiles import bundled_datasets
         from slmnb.demo import DEMO_CONFIG
 
         self._base = with_default_templates(config or FinetuneConfig.from_dict(dict(DEMO_CONFIG)))
@@ -97,7 +98,7 @@ class ConfigForm:
             out[key] = out[key] or None
         out["max_steps"] = out["max_steps"] or None
         data = self.fields["data"].value.strip()
-        from slmnb.data import bundled_datasets
+        from slmnb.datafiles import bundled_datasets
 
         is_name = data in bundled_datasets() or Path(data).expanduser().is_dir()
         out["data_name"] = data if data and is_name else None
@@ -155,7 +156,7 @@ class ConfigForm:
         """Preview the first rows, and offer the columns as placeholders to insert into a template."""
         import ipywidgets as w
 
-        from slmnb.data import read_splits
+        from slmnb.datafiles import read_splits
         from slmnb.notebook.views import html_table
 
         self._columns: list[str] = []

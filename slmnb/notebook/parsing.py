@@ -11,7 +11,7 @@ import shlex
 from dataclasses import dataclass, field
 from typing import Any
 
-from slmnb.config import short_repr
+from slmnb.checks import short_repr
 from slmnb.errors import ConfigError
 from slmnb.options import OptionParser, add_config_options, refuse_unknown
 

@@ -164,7 +164,7 @@ def prepare(runs: Sequence[Any], prompts: Sequence[dict[str, Any] | str] | str |
             on_phase: Callable[[str], None] | None = None) -> Comparison:
     """Export what is not exported yet and lay out the columns; nothing is generated here."""
     import slmnb
-    from slmnb.data import read_splits
+    from slmnb.datafiles import read_splits
 
     if isinstance(runs, str | Path | slmnb.TrainingRun | Export):
         runs = [runs]
@@ -219,7 +219,7 @@ def _check_count(option: str, value: Any, least: int) -> None:
 
 def _prompts(prompts: Sequence[dict[str, Any] | str] | str | Path | None,
              fallback: list[dict[str, Any]]) -> list[dict[str, Any] | str]:
-    from slmnb.data import read_rows
+    from slmnb.datafiles import read_rows
 
     if prompts is None:
         return list(fallback[:DEFAULT_PROMPTS])

@@ -317,7 +317,8 @@ class TrainingRun:
 
         This is the accuracy of a classification-style task, such as the bundled tones.
         """
-        from slmnb.data import read_splits, select_split
+        from slmnb.data import select_split
+        from slmnb.datafiles import read_splits
         from slmnb.training.generate import score
 
         rows = select_split(read_splits(self.config), split, "split")

@@ -1,0 +1,217 @@
+"""One config field's value checked and turned into the field's type, and values shown inside messages.
+
+Kept apart from slmnb.config so that file reads as the list of fields; the rules for each kind of value live here.
+A value is named in a message by a short description (`a list of 3 items`), never printed in full.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+import numbers
+import re
+import string
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from slmnb.errors import ConfigError
+
+TEMPLATES = ("text_template", "prompt_template", "response_template")
+# A template that names no column teaches the same text for every row; a prompt may (write a poem:), an answer not.
+TEMPLATES_NEEDING_A_COLUMN = ("text_template", "response_template")
+
+
+def field_default(f: dataclasses.Field[Any]) -> Any:
+    return f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+
+
+# --- showing values in messages -------------------------------------------------------------------------
+
+
+def kind_of(value: Any) -> str:
+    """What a value is, in a user's words: 'a list', 'a mapping', 'bytes'."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true/false"
+    if isinstance(value, str):
+        return "text"
+    if isinstance(value, bytes | bytearray):
+        return "bytes"
+    if isinstance(value, numbers.Number):
+        return "a number"
+    if isinstance(value, dict):
+        return "a mapping"
+    if isinstance(value, list | tuple | set):
+        return "a list"
+    return f"a {type(value).__name__}"
+
+
+def short_repr(value: Any, limit: int = 60) -> str:
+    """A value as a message shows it: one line and short, never the repr of a huge or nested structure."""
+    if value is None or isinstance(value, bool | float):
+        return repr(value)
+    if isinstance(value, int):
+        digits = value.bit_length() * 30103 // 100000 + 1  # str() of a huge int is slow and then refused
+        return str(value) if digits <= limit else f"a number with about {digits} digits"
+    if isinstance(value, str):
+        text = repr(value[:limit])
+        return text if len(value) <= limit else text[:-1] + "..." + text[-1]
+    return kind_of(value)
+
+
+def short_path(path: str | Path) -> str:
+    """A path as a message shows it: whole unless absurdly long, then its end, which names the file."""
+    text = str(path)
+    return repr(text) if len(text) <= 160 else repr("..." + text[-120:])
+
+
+def _number_text(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() and abs(value) < 1e16 else f"{value:g}"
+
+
+# --- checking values ------------------------------------------------------------------------------------
+
+
+def coerce_field(f: dataclasses.Field[Any], value: Any) -> Any:
+    """Check one value against its field, turning the forms YAML and command lines produce into the field's type."""
+    meta, name = f.metadata, f.name
+    # Empty clears a field whose default is empty (`--max_steps ""`); a field with a default needs a real value.
+    empty = isinstance(value, str) and (value == "" if field_default(f) is None else not value.strip())
+    if value is None or empty:
+        if field_default(f) is None:
+            return None
+        raise ConfigError(f"{name} needs a value; its default is {field_default(f)!r}.")
+    kind = meta["kind"]
+    if kind == "str":
+        return _text(name, value, meta["choices"])
+    if kind == "bool":
+        if isinstance(value, str) and value.strip().lower() in ("true", "false", "yes", "no"):
+            return value.strip().lower() in ("true", "yes")
+        if not isinstance(value, bool):
+            raise ConfigError(f"{name} must be true or false, got {short_repr(value)}.")
+        return value
+    if kind in ("int", "float"):
+        return _number(name, value, kind, meta)
+    if kind == "strs":
+        if isinstance(value, str):
+            value = [part.strip() for part in value.split(",") if part.strip()]
+        if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
+            raise ConfigError(f"{name} must be a list of names or a comma-separated text, got {short_repr(value)}.")
+        for entry in value:
+            _check_text(name, entry)
+        if name == "target_modules" and list(value) == ["all-linear"]:
+            return "all-linear"
+        return list(value) or None
+    if kind == "rows":
+        return _rows(name, value)
+    raise AssertionError(f"unknown field kind {kind}")
+
+
+def _check_text(name: str, value: str) -> None:
+    # A NUL cannot be part of a path, and a lone surrogate cannot be written to config.yaml or tokenized.
+    if "\0" in value:
+        raise ConfigError(f"{name} contains a NUL character (\\x00): remove it.")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ConfigError(f"{name} contains a lone surrogate (an invalid \\ud800-\\udfff escape): remove it.") \
+            from None
+
+
+def _text(name: str, value: Any, choices: tuple[str, ...] | None) -> str:
+    finite = not isinstance(value, float) or math.isfinite(value)
+    if not isinstance(value, str | int | float) or isinstance(value, bool) or not finite:
+        raise ConfigError(f"{name} must be a text value, got {short_repr(value)}.")
+    if isinstance(value, int) and value.bit_length() > 256:
+        raise ConfigError(f"{name} must be a text value, got {short_repr(value)}.")
+    value = str(value)
+    _check_text(name, value)
+    if choices and value not in choices:
+        close = difflib.get_close_matches(value, choices, n=1)
+        hint = f" (did you mean {close[0]}?)" if close else ""
+        raise ConfigError(f"{name} must be one of {', '.join(choices)}{hint}, got {short_repr(value)}.")
+    if name in TEMPLATES:
+        template_columns(value, name)
+    return value
+
+
+def _rows(name: str, value: Any) -> list[dict[str, Any]]:
+    if not isinstance(value, list | tuple) or not all(isinstance(r, dict) for r in value):
+        raise ConfigError(f"{name} must be a list of mappings such as [{{'phrase': 'hi', 'tone': 'Joy'}}].")
+    for number, row in enumerate(value, 1):
+        for key, cell in row.items():
+            if not isinstance(key, str):
+                raise ConfigError(f"Row {number} of {name} has the key {short_repr(key)}, which is not text: quote "
+                                  "column names in the YAML, such as '1': instead of 1:.")
+            _check_text(f"Row {number} of {name}, column {short_repr(key)},", key)
+            if isinstance(cell, str):
+                _check_text(f"Row {number} of {name}, column {short_repr(key)},", cell)
+    return [dict(r) for r in value]
+
+
+def template_columns(template: str, option: str) -> list[str]:
+    """The {column} names a template uses; refuses anything but plain names (no attributes, indexes or formats)."""
+    names = []
+    try:
+        parsed = list(string.Formatter().parse(template))
+    except ValueError as exc:
+        raise ConfigError(f"{option} is malformed ({exc}): write {{column}} for a value and {{{{ }}}} for a "
+                          "literal brace.") from None
+    for _, column, spec, conversion in parsed:
+        if column is None:
+            continue
+        if not column.isidentifier() or spec or conversion:
+            shown = f"{{{column}{'!' + conversion if conversion else ''}{':' + spec if spec else ''}}}"
+            raise ConfigError(f"{option} may only use plain {{column}} placeholders, not {short_repr(shown)}.")
+        names.append(column)
+    if not names and option in TEMPLATES_NEEDING_A_COLUMN:
+        example = "'{tone}'" if option == "response_template" else "'{phrase} -> {tone}'"
+        raise ConfigError(f"{option} uses no {{column}}, so every row would teach the same text: name the columns "
+                          f"it shows, such as {example}.")
+    return names
+
+
+def _number(name: str, value: Any, kind: str, meta: Mapping[str, Any]) -> int | float:
+    # YAML 1.1 reads 1e-3 as a string and command lines give strings: accept any text that is a number.
+    if isinstance(value, str):
+        text = value.strip()
+        whole = re.fullmatch(r"[+-]?\d+", text) is not None
+        if whole and len(text) > 1000:  # int() refuses thousands of digits, and no field wants them
+            raise ConfigError(f"{name} must be a number of a sensible size, got one with {len(text)} digits.")
+        try:
+            value = int(text) if kind == "int" and whole else float(text)
+        except ValueError:
+            raise ConfigError(f"{name} must be a number, got {short_repr(value)}.") from None
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ConfigError(f"{name} must be a number, got {short_repr(value)}.")
+    if isinstance(value, numbers.Integral):
+        value = int(value)
+    else:
+        value = float(value)
+        if not math.isfinite(value):
+            raise ConfigError(f"{name} must be a finite number, got {value}.")
+    _check_bounds(name, value, meta)
+    if kind == "int":
+        if value != int(value):
+            raise ConfigError(f"{name} must be a whole number, got {short_repr(value)}.")
+        return int(value)
+    if isinstance(value, int) and abs(value) > 1e300:  # no bound above, and too large for a float
+        raise ConfigError(f"{name} must be a finite number, got {short_repr(value)}.")
+    return float(value)
+
+
+def _check_bounds(name: str, value: float, meta: Mapping[str, Any]) -> None:
+    low, high = meta["low"], meta["high"]
+    if low is not None and (value <= low if meta["low_open"] else value < low):
+        bound = f"above {_number_text(low)}" if meta["low_open"] else f"at least {_number_text(low)}"
+        raise ConfigError(f"{name} must be {bound}, got {_shown_number(value)}.")
+    if high is not None and (value >= high if meta["high_open"] else value > high):
+        bound = f"below {_number_text(high)}" if meta["high_open"] else f"at most {_number_text(high)}"
+        raise ConfigError(f"{name} must be {bound}, got {_shown_number(value)}.")
+
+
+def _shown_number(value: float) -> str:
+    return short_repr(value) if isinstance(value, int) else f"{value:g}"
