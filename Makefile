@@ -45,7 +45,8 @@ lint: setup
 	$(BIN)/ruff check slmnb tests bench
 	$(BIN)/mypy
 
-# The embedded-model quality tests (a few minutes each): fine-tune SmolLM2 on tones, check test accuracy, export.
+# The embedded-model quality test (a few minutes): fine-tunes SmolLM2 on tones and checks test accuracy. Its
+# runs outlast the suite's 300 s deadline per test.
 test-slow: setup
 	$(BIN)/python -m pytest -m slow -s --timeout=1800
 

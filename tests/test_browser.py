@@ -25,6 +25,9 @@ from typing import Any
 
 import pytest
 
+# Whole notebooks and a browser session wait longer than the suite's 300 s default per test.
+pytestmark = pytest.mark.timeout(1200)
+
 ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = ROOT / "test-artifacts" / "browser"
 TOKEN = "slmnb-browser-test"

@@ -14,6 +14,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -46,7 +47,7 @@ def test_the_export_template_uses_options_that_opt_compare_accepts() -> None:
 
 
 @pytest.fixture(scope="module")
-def wheel_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def wheel_venv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """A fresh venv holding the wheel built from this checkout, as `pip install slmnb` leaves a JupyterLab user.
 
     The wheel is built without build isolation, with the [build-system] tools that `make setup` puts in the test
@@ -68,14 +69,16 @@ def wheel_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
     pip = [sys.executable, "-m", "pip", "--python", str(venv / "bin" / "python"), "install", "--quiet"]
     _run([*pip, "-c", str(ROOT / "constraints.txt"), "jupyterlab"], env=no_node)
     _run([*pip, "--no-deps", str(wheel)], env=no_node)
-    return venv
+    yield venv
+    shutil.rmtree(work)  # 220 MB, which pytest would otherwise keep for its last three sessions
 
 
 def _without_node(venv: Path) -> dict[str, str]:
-    """The environment of a machine with only the venv on PATH, and Jupyter's per-user folders left empty."""
-    home = venv.parent / "home"
-    env = {"PATH": str(venv / "bin"), "HOME": str(home), "JUPYTER_CONFIG_DIR": str(home / "config"),
-           "JUPYTER_DATA_DIR": str(home / "data"), "LANG": "C.UTF-8"}
+    """This environment (pip's settings and cache included) with only the venv on PATH, and Jupyter's own folders
+    (per-user extensions, settings) moved to empty ones."""
+    env = {name: value for name, value in os.environ.items() if not name.startswith("JUPYTER")}
+    env.update(PATH=str(venv / "bin"), JUPYTER_CONFIG_DIR=str(venv.parent / "jupyter-config"),
+               JUPYTER_DATA_DIR=str(venv.parent / "jupyter-data"))
     assert shutil.which("node", path=env["PATH"]) is None
     return env
 

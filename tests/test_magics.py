@@ -119,17 +119,17 @@ def test_subcommands(ip, workdir: Path, body: str) -> None:
         ip.run_line_magic("finetune", "show ghost")
     with pytest.raises(UsageError, match="takes one run name"):
         ip.run_line_magic("finetune", "resume")
-    run = ip.run_cell_magic("finetune", "--name sub --max_steps 400 --eval_steps 400", body)
+    run = ip.run_cell_magic("finetune", "--name sub --max_steps 150 --eval_steps 150", body)
     ip.run_line_magic("finetune", "pause")
     _until(lambda: run.status == "paused")
     ip.run_line_magic("finetune", "resume sub")
     _until(lambda: run.status == "running")
     ip.run_line_magic("finetune", "stop sub")
     run.wait()
-    assert run.status == "stopped" and run.step < 400
+    assert run.status == "stopped" and run.step < 150
     resumed = ip.run_line_magic("finetune", "resume sub --wait")
-    assert resumed is run and (run.status, run.step) == ("finished", 400)
-    with pytest.raises(UsageError, match="to train it longer, resume it with max_steps greater than 400"):
+    assert resumed is run and (run.status, run.step) == ("finished", 150)
+    with pytest.raises(UsageError, match="to train it longer, resume it with max_steps greater than 150"):
         ip.run_line_magic("finetune", "resume sub")
     assert ip.run_line_magic("finetune", "show sub") is None  # re-opens the dashboard from its history
 

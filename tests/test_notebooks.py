@@ -15,6 +15,9 @@ import nbformat
 import pytest
 from nbclient import NotebookClient
 
+# Whole notebooks and a browser session wait longer than the suite's 300 s default per test.
+pytestmark = pytest.mark.timeout(1200)
+
 NOTEBOOKS = sorted((Path(__file__).resolve().parent.parent / "notebooks").glob("*.ipynb"))
 CHECKS = {
     "01-quickstart.ipynb": """
