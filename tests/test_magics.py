@@ -154,3 +154,11 @@ def _until(condition, timeout: float = 60.0) -> None:
     while not condition():
         assert time.monotonic() < end, "timed out"
         time.sleep(0.05)
+
+
+def test_slmnb_errors_show_as_one_line_in_a_notebook(ip, capsys) -> None:
+    ip.run_cell("import slmnb\nraise slmnb.RunError('Run x is still training: stop it first.')")
+    out = capsys.readouterr()
+    shown = out.out + out.err
+    assert "RunError" in shown and "Run x is still training: stop it first." in shown
+    assert "Traceback" not in shown and "File " not in shown

@@ -66,7 +66,7 @@ def help_text() -> str:
     subcommands = ("\nLine magic:\n"
                    "  %finetune runs              the runs in the runs folder\n"
                    "  %finetune stop|pause [NAME] the active run, or the named one\n"
-                   "  %finetune resume NAME       continue a paused or stopped run, with its dashboard\n"
+                   "  %finetune resume NAME [--max_steps N ...]  continue a paused or ended run, with its dashboard\n"
                    "  %finetune show NAME         the dashboard of a running or finished run\n"
                    "  %finetune --form            the config form\n")
     return build_parser().format_help() + subcommands

@@ -270,12 +270,9 @@ class TrainingRun:
                 config.num_train_epochs <= self.config.num_train_epochs:
             raise RunError(f"Run {self.name!r} has finished: to train it longer, resume it with a larger "
                            "max_steps (or num_train_epochs).")
-        if config != self.config:
-            self.folder.write_config(config)
-            self.config = config
         for listener in listeners:
             self.subscribe(listener)
-        self._launch(data, checkpoint, notes)
+        self._launch(data, checkpoint, notes, config)
         return self
 
     def _resumed_config(self, overrides: dict[str, Any]) -> FinetuneConfig:
@@ -330,8 +327,10 @@ class TrainingRun:
 
     # --- the thread ---------------------------------------------------------------------------------
 
-    def _launch(self, data: Data, checkpoint: Path | None, notes: Sequence[str] = ()) -> None:
-        """Claim this process's training slot and the folder's lock, then start the thread."""
+    def _launch(self, data: Data, checkpoint: Path | None, notes: Sequence[str] = (),
+                config: FinetuneConfig | None = None) -> None:
+        """Claim this process's training slot and the folder's lock, then start the thread (with `config`, a
+        resume's changed config, written only once the folder is ours)."""
         if self.alive:
             raise RunError(f"Run {self.name!r} is training already: pause or stop it with its buttons or methods.")
         TRAINING.claim(self)
@@ -339,6 +338,10 @@ class TrainingRun:
             if self._writer:
                 self._folder_lock = self.folder.lock()
                 self.folder.sweep()
+            if config is not None and config != self.config:
+                if self._writer:
+                    self.folder.write_config(config)
+                self.config = config
             step = int(checkpoint.name.split("-")[-1]) if checkpoint else 0
             kept = self.folder.keep_metrics_until(step) if self._writer and checkpoint else []
             if self._writer and not checkpoint:
