@@ -12,6 +12,7 @@ from slmnb.config import load_config
 from slmnb.training.dropout import FastDropout
 from slmnb.training.engine import build_model
 from slmnb.training.openmp import release_openmp_pool
+from slmnb.training.prepare import settle
 
 
 def test_fast_dropout_drops_p_and_scales_the_rest() -> None:
@@ -36,7 +37,7 @@ def test_fast_dropout_repeats_under_a_seed() -> None:
 
 
 def test_lora_layers_train_with_fast_dropout(tiny) -> None:
-    model, _ = build_model(load_config(tiny), "fp32")
+    model = build_model(settle(load_config(tiny)), "fp32")
     dropouts = [d for m in model.modules() if isinstance(getattr(m, "lora_dropout", None), torch.nn.ModuleDict)
                 for d in m.lora_dropout.values()]
     assert dropouts and all(type(d) is FastDropout and d.p == 0.05 for d in dropouts)
