@@ -59,7 +59,8 @@ class FinetuneConfig:
                            high=65536)
     lora_dropout: float = _opt(0.05, "Dropout on the LoRA input.", "float", low=0.0, high=1.0, high_open=True)
     target_modules: list[str] | None = _opt(
-        None, "Modules that get LoRA weights: a list, 'all-linear', or empty for the architecture's default.", "strs")
+        None, "Modules that get LoRA weights: a list, 'all-linear', or empty for q_proj + v_proj (else all-linear).",
+        "strs")
     # data
     data_name: str | None = _opt(
         None, "A bundled dataset name (tones) or the path of a folder saved with datasets' save_to_disk.", "str")
