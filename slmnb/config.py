@@ -6,6 +6,7 @@ message is one sentence naming the fix; nothing from inside transformers ever re
 
 from __future__ import annotations
 
+import copy
 import difflib
 import os
 import re
@@ -184,6 +185,8 @@ def load_config(source: FinetuneConfig | dict[str, Any] | str | Path | None = No
     if source is None:
         base: dict[str, Any] = {}
     elif isinstance(source, FinetuneConfig):
+        if not overrides:
+            return copy.copy(source)  # checked when it was built: no need to build it again
         base = source.to_dict()
     elif isinstance(source, dict):
         base = dict(source)

@@ -24,11 +24,16 @@ from slmnb.errors import ConfigError
 
 def with_default_templates(config: FinetuneConfig) -> FinetuneConfig:
     """A bundled dataset brings its own templates, so `data_name: tones` alone is a working config."""
+    fields = default_templates(config)
+    return config.replace(**fields) if fields else config
+
+
+def default_templates(config: FinetuneConfig) -> dict[str, str]:
+    """The templates a bundled dataset fills in when the config gives none (else nothing)."""
     if config.text_template or config.prompt_template or config.data_name not in bundled_datasets():
-        return config
+        return {}
     defaults = bundled_defaults(config.data_name)
-    return config.replace(prompt_template=defaults["prompt_template"],
-                          response_template=defaults["response_template"])
+    return {"prompt_template": defaults["prompt_template"], "response_template": defaults["response_template"]}
 
 
 # --- splits -------------------------------------------------------------------------------------------

@@ -21,13 +21,19 @@ _TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "tokenize
 
 def settle(config: FinetuneConfig) -> FinetuneConfig:
     """The config with target_modules resolved for the architecture, checked against the model's layers."""
+    fields = settled_fields(config)
+    return config.replace(**fields) if fields else config
+
+
+def settled_fields(config: FinetuneConfig) -> dict[str, Any]:
+    """The fields the model decides ({'target_modules': [...]}, or none), after checking the model can be read."""
     folder = model_folder(config.model_name_or_path)
     if Path(folder).is_dir() and not any((Path(folder) / name).is_file() for name in _TOKENIZER_FILES):
         raise ConfigError(f"The model folder {folder} has no tokenizer: save one into it "
                           "(tokenizer.save_pretrained(folder)).")
     linears = linear_layers(folder)
     if config.method == "full":
-        return config
+        return {}
     targets = config.target_modules or default_target_modules(linears)
     if targets == "all-linear":
         widths = [min(shape) for shape in linears.values()]
@@ -42,7 +48,7 @@ def settle(config: FinetuneConfig) -> FinetuneConfig:
     if narrowest and config.lora_r > narrowest:
         raise ConfigError(f"lora_r {config.lora_r} is larger than the layers it adapts ({narrowest} wide): use at "
                           f"most {narrowest}; 8 to 64 is usual.")
-    return config.replace(target_modules=targets)
+    return {} if targets == config.target_modules else {"target_modules": targets}
 
 
 def default_target_modules(linears: dict[str, tuple[int, int]]) -> list[str] | str:

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from slmnb.config import NAME_PATTERN, FinetuneConfig, load_config
-from slmnb.data import load_data, with_default_templates
+from slmnb.data import default_templates, load_data
 from slmnb.errors import RunError
 from slmnb.training.failure import TRAINING
 from slmnb.training.run import Listener, TrainingRun
@@ -43,10 +43,14 @@ class Runs:
 
         Every mistake raises a one-sentence SlmnbError before any folder is made or thread started.
         """
-        from slmnb.training.prepare import settle
+        from slmnb.training.prepare import settled_fields
 
         TRAINING.check_free()
-        config = with_default_templates(self._named(load_config(config, **overrides)))
+        config = load_config(config, **overrides)
+        # What the config leaves open is filled in once, in one step: the name, a bundled dataset's templates, and
+        # what the model decides (target_modules). Nothing changes it after this.
+        filled = {**self._name_for(config), **default_templates(config), **settled_fields(config)}
+        config = config.replace(**filled) if filled else config
         folder = RunFolder(self._folder_path(config))
         # Under torchrun every rank trains, but rank 0 alone makes and writes the folder (it has a name already).
         writer = int(os.environ.get("RANK", "0")) == 0
@@ -54,7 +58,6 @@ class Runs:
             raise RunError(f"Run folder {folder.path} exists already: choose another name, or resume that run "
                            "(resume=True, --resume, or %finetune resume NAME).")
         data = load_data(config)
-        config = settle(config)
         if writer:
             folder.create(config)
         run = TrainingRun(config, folder)
@@ -116,12 +119,12 @@ class Runs:
 
     # --- names and folders -----------------------------------------------------------------------------
 
-    def _named(self, config: FinetuneConfig) -> FinetuneConfig:
-        """Give an unnamed config a name made of its data, method and the time; output_dir follows the name."""
+    def _name_for(self, config: FinetuneConfig) -> dict[str, str]:
+        """A name for an unnamed config, made of its data, method and the time (or its output_dir's name)."""
         if config.name:
-            return config
+            return {}
         if config.output_dir:
-            return config.replace(name=_safe_name(Path(config.output_dir).name))
+            return {"name": _safe_name(Path(config.output_dir).name)}
         if config.data_name:
             label = Path(config.data_name).name
         elif config.data_files:
@@ -133,7 +136,7 @@ class Runs:
         while (self.root / name).exists():
             suffix += 1
             name = f"{stem}-{suffix}"
-        return config.replace(name=name)
+        return {"name": name}
 
     def _folder_path(self, config: FinetuneConfig) -> Path:
         if config.output_dir:
