@@ -19,6 +19,7 @@ from typing import Any
 from slmnb.errors import ExportError
 from slmnb.opt.telemetry import telemetry_off
 from slmnb.paths import temp_sibling
+from slmnb.weightfiles import read_header
 
 RANK_DIM = "lora_rank"
 # The builder's node and weight names for the projections of a Llama-style decoder layer.
@@ -28,7 +29,6 @@ _PEFT_KEY = re.compile(r"(?:^|\.)layers\.(\d+)\.(?:self_attn|mlp)\.(\w+)\.lora_(
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 RETRAIN = "resume the run or train it again to save a complete adapter, then export"
-_MAX_HEADER = 100_000_000  # safetensors' own limit
 # Architectures whose decoder layers have the q/k/v/o and gate/up/down projections that `projection_sizes` knows.
 _LLAMA_STYLE = ("llama", "mistral", "qwen2", "qwen3")
 
@@ -122,40 +122,13 @@ def safetensors_shapes(path: Path) -> dict[str, list[int]]:
     """
     if not path.is_file():
         raise ExportError(f"{path} is missing: {RETRAIN}.")
+    found = read_header(path)
     try:
-        with open(path, "rb") as handle:
-            size = int.from_bytes(handle.read(8), "little")
-            header = json.loads(handle.read(size)) if 2 <= size <= _MAX_HEADER else None
-        found = _header_tensors(header)
-        if found is not None and path.stat().st_size == 8 + size + found[1]:
+        if found is not None and path.stat().st_size == found[1]:
             return found[0]
-    except (OSError, UnicodeDecodeError, ValueError, RecursionError):
+    except OSError:
         pass
     raise ExportError(f"{path} is truncated or damaged (its size does not match its header): {RETRAIN}.")
-
-
-def _header_tensors(header: Any) -> tuple[dict[str, list[int]], int] | None:
-    """The shapes in a safetensors header and where its data ends, or None when it is not a valid header."""
-    if not isinstance(header, dict):
-        return None
-    shapes: dict[str, list[int]] = {}
-    end = 0
-    for name, entry in header.items():
-        if name == "__metadata__":
-            continue
-        shape = _ints(entry.get("shape")) if isinstance(entry, dict) else None
-        offsets = _ints(entry.get("data_offsets")) if isinstance(entry, dict) else None
-        if shape is None or offsets is None or len(offsets) != 2 or offsets[0] > offsets[1]:
-            return None
-        shapes[str(name)], end = shape, max(end, offsets[1])
-    return shapes, end
-
-
-def _ints(value: Any) -> list[int] | None:
-    """A list of non-negative whole numbers, or None."""
-    if isinstance(value, list) and all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in value):
-        return value
-    return None
 
 
 def projection_sizes(base_config: dict[str, Any]) -> dict[str, tuple[int, int]] | None:

@@ -150,16 +150,13 @@ def exportable(run_or_dir: Any, precision: str = "int4", adapters: str = "switch
 
     Cheap enough for a notebook cell to call before it starts the export in the background.
     """
-    from slmnb.training.states import RunState
-
     check_choice("precision", precision, PRECISIONS)
     check_choice("adapters", adapters, ADAPTER_MODES)
     if device != "cpu" or provider != "CPUExecutionProvider":
         raise ExportError("slmnb exports for --device cpu with the CPUExecutionProvider only: drop those options.")
     check_output(output or store.EXPORTS_DIR)
     run = open_run(run_or_dir)
-    state = RunState.read(str(run.status))
-    if state is not None and state.live:
+    if run.status.live:
         raise ExportError(f"Run {run.name!r} is still training: wait for it (run.wait()) or stop it, then export.")
     if adapters == "switchable" and run.config.method == "full":
         raise ExportError(f"Run {run.name!r} fine-tuned the whole model, so there is no adapter to switch: export "

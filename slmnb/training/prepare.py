@@ -15,6 +15,7 @@ from typing import Any
 from slmnb.config import FinetuneConfig
 from slmnb.errors import ConfigError
 from slmnb.models import model_folder
+from slmnb.weightfiles import read_header
 
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "tokenizer_config.json")
 
@@ -76,22 +77,20 @@ def linear_layers(folder: str) -> dict[str, tuple[int, int]]:
 
 
 def _safetensors_shapes(folder: Path) -> dict[str, list[int]] | None:
-    """{tensor name: shape} from the headers of the folder's safetensors files; None when there are none."""
+    """{tensor name: shape} from the headers of the folder's safetensors files; None when there are none.
+
+    Only the headers are checked here: weights cut short show when they load, in the training thread.
+    """
     files = sorted(folder.glob("*.safetensors"))
     if not files:
         return None
     shapes: dict[str, list[int]] = {}
     for path in files:
-        try:
-            with open(path, "rb") as handle:
-                size = int.from_bytes(handle.read(8), "little")
-                header = json.loads(handle.read(size)) if 0 < size < 100_000_000 else None
-            if not isinstance(header, dict):
-                raise ValueError
-            shapes.update({k: list(v["shape"]) for k, v in header.items() if k != "__metadata__"})
-        except (OSError, ValueError, KeyError, TypeError):
+        found = read_header(path)
+        if found is None:
             raise ConfigError(f"The weights file {path.name} of the model at {folder} is damaged: save the model "
-                              "again with save_pretrained.") from None
+                              "again with save_pretrained.")
+        shapes.update(found[0])
     return shapes
 
 

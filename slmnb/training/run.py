@@ -343,9 +343,8 @@ class TrainingRun:
                     self.folder.write_config(config)
                 self.config = config
             step = int(checkpoint.name.split("-")[-1]) if checkpoint else 0
-            kept = self.folder.keep_metrics_until(step) if self._writer and checkpoint else []
-            if self._writer and not checkpoint:
-                self.folder.keep_metrics_until(0)
+            # The steps after the checkpoint are trained again (all of them without one): drop their lines.
+            kept = self.folder.keep_metrics_until(step) if self._writer else []
             self.history = [ev.from_metric(r) for r in kept]
             elapsed = self._saved_state().get("elapsed") if checkpoint else 0.0
             self._clock = (time.perf_counter(), float(elapsed) if isinstance(elapsed, int | float) else 0.0)

@@ -28,6 +28,7 @@ from typing import IO, Any
 from slmnb.config import FinetuneConfig, load_config
 from slmnb.errors import ConfigError, RunError
 from slmnb.paths import replace_folder, sweep_temps, temp_sibling, write_text_atomic
+from slmnb.weightfiles import read_header
 
 
 class CorruptRun(RunError):
@@ -276,15 +277,10 @@ def checkpoint_problem(path: Path) -> str | None:
 
 def _safetensors_ok(path: Path) -> bool:
     """The header parses and the file is as long as the header says: a cut-short file fails."""
+    found = read_header(path)
     try:
-        with open(path, "rb") as handle:
-            size = int.from_bytes(handle.read(8), "little")
-            if not 0 < size < 100_000_000:
-                return False
-            header = json.loads(handle.read(size))
-        ends = [v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"]
-        return path.stat().st_size >= 8 + size + max(ends, default=0)
-    except (OSError, ValueError, KeyError, TypeError, IndexError):
+        return found is not None and path.stat().st_size >= found[1]
+    except OSError:
         return False
 
 

@@ -33,12 +33,6 @@ class RunState(str, Enum):
     def ended(self) -> bool:
         return self in ENDED
 
-    @property
-    def resumable(self) -> bool:
-        """Can continue from its last checkpoint (a finished run only with more steps)."""
-        return self in (RunState.CREATED, RunState.STOPPED, RunState.FAILED, RunState.INTERRUPTED,
-                        RunState.FINISHED)
-
     def can_become(self, new: RunState) -> bool:
         return new in TRANSITIONS[self]
 
