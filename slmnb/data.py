@@ -99,15 +99,10 @@ def select_split(splits: dict[str, Rows], spec: str, option: str) -> Rows:
 # --- templates ----------------------------------------------------------------------------------------
 
 
-def placeholders(template: str, option: str) -> list[str]:
-    """The {column} names of a template (FinetuneConfig has already refused anything else)."""
-    return template_columns(template, option)
-
-
 def used_columns(config: FinetuneConfig) -> list[str]:
     """Every column some template of the config shows."""
     names = [name for option in TEMPLATES if getattr(config, option)
-             for name in placeholders(getattr(config, option), option)]
+             for name in template_columns(getattr(config, option), option)]
     return list(dict.fromkeys(names))
 
 
@@ -117,7 +112,7 @@ def check_templates(config: FinetuneConfig, columns: list[str]) -> None:
                           f"{', '.join(columns)}.")
     for option in TEMPLATES:
         template = getattr(config, option)
-        for name in placeholders(template, option) if template else []:
+        for name in template_columns(template, option) if template else []:
             if name not in columns and not columns:
                 raise ConfigError(f"{option} uses {{{name}}}, and the rows have no columns at all: give rows such "
                                   "as {'phrase': 'hi', 'tone': 'Joy'}.")
