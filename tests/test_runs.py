@@ -483,3 +483,11 @@ def test_a_broken_model_folder_is_one_sentence_before_any_run_folder(workdir: Pa
     with pytest.raises(ConfigError, match=message):
         slmnb.finetune(tiny, model_name_or_path=str(folder), name="broken")
     assert not (workdir / "runs").exists()
+
+
+def test_data_mistakes_are_answered_before_the_model_is_read(workdir: Path, tiny: dict) -> None:
+    broken = workdir / "model"
+    broken.mkdir()
+    (broken / "config.json").write_text("{not json")  # reading the model would fail with its own sentence
+    with pytest.raises(slmnb.ConfigError, match="which is not a column"):
+        slmnb.finetune(tiny, model_name_or_path=str(broken), prompt_template="{nothing}")

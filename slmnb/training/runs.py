@@ -47,9 +47,10 @@ class Runs:
 
         TRAINING.check_free()
         config = load_config(config, **overrides)
-        # What the config leaves open is filled in once, in one step: the name, a bundled dataset's templates, and
-        # what the model decides (target_modules). Nothing changes it after this.
-        filled = {**self._name_for(config), **default_templates(config), **settled_fields(config)}
+        # What the config leaves open is filled in here and nothing changes it later: the name and a bundled
+        # dataset's templates now, what the model decides (target_modules) once the data is checked, so a data
+        # mistake is answered at once, without building or converting a model.
+        filled = {**self._name_for(config), **default_templates(config)}
         config = config.replace(**filled) if filled else config
         folder = RunFolder(self._folder_path(config))
         # Under torchrun every rank trains, but rank 0 alone makes and writes the folder (it has a name already).
@@ -58,6 +59,8 @@ class Runs:
             raise RunError(f"Run folder {folder.path} exists already: choose another name, or resume that run "
                            "(resume=True, --resume, or %finetune resume NAME).")
         data = load_data(config)
+        settled = settled_fields(config)
+        config = config.replace(**settled) if settled else config
         if writer:
             folder.create(config)
         run = TrainingRun(config, folder)
