@@ -58,6 +58,7 @@ bench: setup
 	$(BIN)/python bench/bench_training.py
 	$(BIN)/python bench/bench_kernel.py
 	$(BIN)/python bench/bench_export.py
+	$(BIN)/python bench/bench_memory.py
 
 clean:
 	rm -rf $(VENV) .cache runs .pytest_cache .mypy_cache .ruff_cache test-artifacts slmnb/labextension \

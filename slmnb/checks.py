@@ -1,4 +1,5 @@
-"""One config field's value checked and turned into the field's type, and values shown inside messages.
+"""One config field's value checked and turned into the field's type, values shown inside messages, and the
+warnings about valid configs that are very likely a mistake (config_warnings).
 
 Kept apart from slmnb.config so that file reads as the list of fields; the rules for each kind of value live here.
 A value is named in a message by a short description (`a list of 3 items`), never printed in full.
@@ -14,9 +15,12 @@ import re
 import string
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from slmnb.errors import ConfigError
+
+if TYPE_CHECKING:
+    from slmnb.config import FinetuneConfig
 
 TEMPLATES = ("text_template", "prompt_template", "response_template")
 # A template that names no column teaches the same text for every row; a prompt may (write a poem:), an answer not.
@@ -66,6 +70,15 @@ def short_path(path: str | Path) -> str:
     """A path as a message shows it: whole unless absurdly long, then its end, which names the file."""
     text = str(path)
     return repr(text) if len(text) <= 160 else repr("..." + text[-120:])
+
+
+def written(value: float) -> str:
+    """A number as a person writes it in a config: 0.003, 1e-6, 16 (not 1e-06 or 16.0), exact when read back."""
+    if isinstance(value, int) or (float(value).is_integer() and abs(value) < 1e16):
+        return str(int(value))
+    text = repr(float(value))  # the shortest text that reads back as the same number
+    mantissa, _, exponent = text.partition("e")
+    return f"{mantissa}e{int(exponent)}" if exponent else text
 
 
 def _number_text(value: float) -> str:
@@ -215,3 +228,55 @@ def _check_bounds(name: str, value: float, meta: Mapping[str, Any]) -> None:
 
 def _shown_number(value: float) -> str:
     return short_repr(value) if isinstance(value, int) else f"{value:g}"
+
+
+# --- warnings: values that work but are very likely a mistake ---------------------------------------------
+# An error is for what cannot work (the bounds above); a warning for what trains but almost surely not as meant.
+# Every front end shows the same sentences: the form beside the field, the CLI before training, the dashboard's
+# notes. The set is kept small on purpose: a warning that fires on sensible configs teaches users to ignore it.
+
+# LoRA trains a few small matrices from zero and tolerates high rates (the demo uses 3e-3); above 1e-2 the loss
+# usually jumps and diverges. Full fine-tuning moves every pretrained weight: above 1e-3 it wrecks what the model
+# knew. Below 1e-6 (or 0) the weights barely move within any run a notebook would do.
+LEARNING_RATE_RANGES = {"lora": (1e-6, 1e-2, "3e-3"), "qlora": (1e-6, 1e-2, "3e-3"), "full": (1e-6, 1e-3, "2e-5")}
+# Dropping most of the LoRA input makes each step learn from noise; the usual values are 0 to 0.1.
+MAX_LORA_DROPOUT = 0.5
+# The update is scaled by lora_alpha / lora_r; common recipes use 0.25 to 2. Far outside, it acts like a learning
+# rate many times too high or too low (typically lora_r raised to 256 while lora_alpha stays 16).
+LORA_SCALE_RANGE = (1 / 8, 8)
+# Holding out more than half the rows for evaluation leaves too few to learn from.
+MAX_EVAL_SIZE = 0.5
+
+
+def field_warnings(config: FinetuneConfig) -> dict[str, str]:
+    """The config's likely mistakes, by the field to change: one sentence each, naming the fix."""
+    found: dict[str, str] = {}
+    rate = config.learning_rate
+    low, high, usual = LEARNING_RATE_RANGES[config.method]
+    full = config.method == "full"
+    what, harm = ("full fine-tuning", "erase what the model knew") if full else ("LoRA", "diverge")
+    if rate > high:
+        found["learning_rate"] = (f"learning_rate {written(rate)} is far above what {what} uses (at most "
+                                  f"{written(high)}) and will likely {harm}: try {usual}.")
+    elif rate < low:
+        found["learning_rate"] = (f"learning_rate {written(rate)} is below {written(low)}, so the weights barely "
+                                  f"change: try {usual}.")
+    if config.method != "full":  # the LoRA fields do nothing in full fine-tuning
+        if config.lora_dropout > MAX_LORA_DROPOUT:
+            found["lora_dropout"] = (f"lora_dropout {written(config.lora_dropout)} drops most of the LoRA input, so it "
+                                     "learns slowly: use 0 to 0.1 (the default is 0.05).")
+        scale = config.lora_alpha / config.lora_r
+        if not LORA_SCALE_RANGE[0] <= scale <= LORA_SCALE_RANGE[1]:
+            pace = "faster" if scale > 1 else "slower"
+            found["lora_alpha"] = (f"lora_alpha {config.lora_alpha} / lora_r {config.lora_r} scales the update by "
+                                   f"{written(scale)} (usually 0.25 to 2), like a far {pace} learning rate: set "
+                                   f"lora_alpha to about twice lora_r ({2 * config.lora_r}).")
+    if config.eval_split is None and config.eval_size > MAX_EVAL_SIZE:
+        found["eval_size"] = (f"eval_size {written(config.eval_size)} holds out most of the rows for evaluation, "
+                              "leaving few to train on: use 0.1 to 0.2.")
+    return found
+
+
+def config_warnings(config: FinetuneConfig) -> list[str]:
+    """The config's likely mistakes, one sentence each naming the fix (empty for a sensible config)."""
+    return list(field_warnings(config).values())

@@ -49,13 +49,20 @@ class ProgressBar:
         self.max_steps = 0
         self.last: dict[str, float] = {}
         self.printed_tenth = -1
+        self.warned: set[str] = set()
+
+    def warn(self, warning: str) -> None:
+        """A likely mistake in the config, said before training starts (and not again among the run's notes)."""
+        self.warned.add(warning)
+        self._line(f"warning: {warning}", final=True)
 
     def __call__(self, event: ev.Event) -> None:
         if isinstance(event, ev.Started):
             self.max_steps = event.max_steps
             self._line(f"training {event.name} ({event.precision}) from step {event.step}", final=True)
             for note in event.notes:
-                self._line(f"note: {note}", final=True)
+                if note not in self.warned:
+                    self._line(f"note: {note}", final=True)
         elif isinstance(event, ev.Step):
             self.last.update(loss=event.loss, tokens_per_second=event.tokens_per_second, elapsed=event.elapsed,
                              step=event.step)
@@ -91,13 +98,22 @@ class ProgressBar:
 
 
 def run_finetune(options: dict[str, Any]) -> int:
+    from slmnb.checks import config_warnings
+    from slmnb.config import load_config
     from slmnb.training.runs import finetune
     from slmnb.training.states import RunState
 
     source = options.pop("config", None)
     resume = options.pop("resume", False)
     rank0 = int(os.environ.get("RANK", "0")) == 0
-    listeners = [ProgressBar()] if rank0 else []
+    bar = ProgressBar()
+    listeners = [bar] if rank0 else []
+    if not resume:
+        # Checked and warned about here, before the minutes of loading a model: a likely mistake is seen at once.
+        source, options = load_config(source, **options), {}
+        if rank0:
+            for warning in config_warnings(source):
+                bar.warn(warning)
     run = finetune(source, resume=resume, listeners=listeners, **options)
     try:
         while run.alive:

@@ -350,7 +350,14 @@ def through_cli(argv: list[str], what: str) -> None:
         except SystemExit as exc:
             code = exc.code
     text = err.getvalue() + out.getvalue()
-    lines = [line for line in err.getvalue().splitlines() if line.strip()]
+    # A likely mistake is warned about before the checks that refuse the config (eval_size 0.999 holding out
+    # every row, say): the warnings come first, then the one error line.
+    said = [line for line in err.getvalue().splitlines() if line.strip()]
+    warnings = [line for line in said if line.startswith("warning: ")]
+    lines = said[len(warnings):]
+    assert said[:len(warnings)] == warnings, f"CLI ({what}) printed a warning after other lines:\n{said}"
+    for warning in warnings:
+        check_sentence(warning.removeprefix("warning: "), f"CLI warning ({what})")
     assert code not in (0, None), f"CLI accepted a bad input ({what}): {argv!r:.300}"
     assert "Traceback" not in text, f"CLI printed a traceback ({what}):\n{text}"
     assert len(lines) == 1 and lines[0].startswith("error: "), \
@@ -541,3 +548,24 @@ def test_bad_cli_arguments_give_one_error_line(here: Path, tiny: dict, argv: lis
     Path("latin.yaml").write_bytes("name: caf\xe9\n".encode("latin-1"))
     Path("list.yaml").write_text("- max_steps: 5\n")
     through_cli(argv, f"argv {argv!r}")
+
+
+# --- likely mistakes: warned, never refused -------------------------------------------------------------
+
+
+def test_the_cli_warns_about_likely_mistakes_before_anything_else(here: Path, capsys) -> None:
+    """YAML once took `learning_rate: 5` without a word; the warning now comes before the data is even read."""
+    from slmnb.cli import ProgressBar, main
+    from slmnb.training import events as ev
+
+    (here / "job.yaml").write_text("data_files: nowhere.json\nlearning_rate: 5\nlora_dropout: 0.7\n")
+    assert main(["finetune", "job.yaml"]) == 2
+    lines = capsys.readouterr().err.splitlines()
+    assert [line.split(" ", 2)[:2] for line in lines] == [["warning:", "learning_rate"], ["warning:", "lora_dropout"],
+                                                         ["error:", "Data"]], lines
+    # A warning the run repeats among its notes is not said twice.
+    bar = ProgressBar(io.StringIO())
+    bar.warn("learning_rate 5 is far above what LoRA uses.")
+    bar(ev.Started(name="x", step=0, elapsed=0.0, max_steps=1, precision="fp32", output_dir="x", dropped_rows=0,
+                   notes=("learning_rate 5 is far above what LoRA uses.", "another note.")))
+    assert bar.stream.getvalue().count("far above") == 1 and "note: another note." in bar.stream.getvalue()

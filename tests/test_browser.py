@@ -172,6 +172,34 @@ def errors(page: Any) -> list[str]:
                                         .map(o => o.ename + ': ' + o.evalue) : [])""")
 
 
+def tracebacks(page: Any) -> list[str]:
+    """Outputs of the current notebook that show a Python traceback: error outputs, or one printed as text."""
+    return page.evaluate("""() => window.jupyterapp.shell.currentWidget.content.widgets.flatMap(c =>
+        c.model.type === 'code' ? c.model.outputs.toJSON().filter(o => o.output_type === 'error'
+            || JSON.stringify(o.text ?? o.data ?? '').includes('Traceback (most recent call last)'))
+            .map(o => JSON.stringify(o).slice(0, 300)) : [])""")
+
+
+def charts_shown(training: Any) -> bool:
+    """Whether the live plotly charts are visible under the cell (the ended run shows its static record instead)."""
+    return training.locator(".js-plotly-plot").first.is_visible()
+
+
+def records(training: Any) -> int:
+    """Static SVG records of the charts under the cell."""
+    return training.locator(".jp-RenderedSVG").count()
+
+
+def overflow(training: Any) -> dict[str, Any]:
+    """How far the dashboard's charts overflow the cell's output area (cut off behind a horizontal scrollbar)."""
+    return training.locator(".js-plotly-plot").first.evaluate("""gd => {
+        const area = gd.closest('.jp-OutputArea-output');
+        const over = Math.max(gd.getBoundingClientRect().right - area.getBoundingClientRect().right,
+                              area.scrollWidth - area.clientWidth);
+        return { over, chart: gd._fullLayout?.width, area: area.clientWidth, responsive: gd._context?.responsive };
+    }""")
+
+
 def trace_points(training: Any) -> int:
     """Points in the loss chart's train trace, read from plotly's own graph div in the page."""
     return training.locator(".js-plotly-plot").first.evaluate(
@@ -197,20 +225,34 @@ def test_quickstart_trains_live_and_stops(page: Any, lab: dict[str, Any]) -> Non
     training.locator(".js-plotly-plot").first.wait_for(timeout=180_000)
     wait_growth(page, training)
     status_bar = page.locator(".slmnb-RunStatus")
-    page.wait_for_function("el => /Fine-tuning quickstart: step \\d+\\/100000 · loss/.test(el.textContent)",
-                           arg=status_bar.element_handle(), timeout=15_000)
+    page.wait_for_function("el => /Fine-tuning quickstart: step \\d+\\/100000 · loss [\\d.]+ \\(last step\\)/"
+                           ".test(el.textContent)", arg=status_bar.element_handle(), timeout=15_000)
+    # Run all is blocked in run.wait(), so the kernel would hear the dashboard's buttons only after it: they are
+    # off, and the hint says what acts now.
+    stop_button = training.get_by_role("button", name="Stop")
+    page.wait_for_function("el => el.disabled", arg=stop_button.element_handle(), timeout=15_000)
+    assert training.get_by_role("button", name="Pause").is_disabled()
+    hint = training.locator(".slmnb-hint").first.inner_text()
+    assert "run.wait()" in hint and "Fine-tuning runs panel's Stop acts at once" in hint, hint
     training.scroll_into_view_if_needed()
     shot(page, "01-training")
 
-    # Run all is blocked in run.wait(), so the kernel cannot hear the dashboard's buttons: the runs panel's Stop
-    # goes through the run folder instead.
+    # The runs panel's Stop goes through the run folder instead.
     page.evaluate("() => window.jupyterapp.commands.execute('slmnb:show-runs')")
     page.locator(".slmnb-RunsPanel-run[data-run='quickstart'] .slmnb-RunsPanel-stop").click()
     training.get_by_text("Stopped at step").wait_for(timeout=60_000)
     stopped_at = trace_points(training)
     wait_idle(page)
     assert not errors(page), errors(page)
-    assert cell(page, "base, tuned = run.score").locator(".jp-OutputArea-output").inner_text().startswith("base ")
+    assert not tracebacks(page), tracebacks(page)
+    printed = cell(page, "base, tuned = run.score").locator("[data-mime-type='application/vnd.jupyter.stdout']")
+    assert printed.inner_text().startswith("base ")
+    # The run ended: its static record replaces the live charts (the same charts twice otherwise), and the
+    # buttons are back with the wait over.
+    page.wait_for_function("el => !el.disabled", arg=training.get_by_role("button", name="Resume").element_handle(),
+                           timeout=15_000)
+    assert records(training) == 1 and not charts_shown(training)
+    assert training.locator(".slmnb-hint").count() == 0
     state = json.loads((lab["folder"] / "runs" / "quickstart" / "run.json").read_text(encoding="utf-8"))
     assert state["status"] == "stopped" and state["step"] < 100000
     assert (lab["folder"] / "runs" / "quickstart" / "adapter" / "adapter_config.json").is_file()
@@ -220,13 +262,73 @@ def test_quickstart_trains_live_and_stops(page: Any, lab: dict[str, Any]) -> Non
     # With the kernel free, the dashboard's own buttons act: Resume continues the count, Stop ends it again.
     training.get_by_role("button", name="Resume").click()
     wait_growth(page, training)
+    assert charts_shown(training) and records(training) == 0  # live again: the record is cleared
     training.get_by_role("button", name="Stop").click()
     page.wait_for_function("([el, n]) => /Stopped at step (\\d+)/.exec(el.textContent)?.[1] > n",
                            arg=[training.element_handle(), state["step"]], timeout=60_000)
     assert trace_points(training) > stopped_at
     wait_idle(page)
+    page.wait_for_function("el => el.querySelectorAll('.jp-RenderedSVG').length === 1",
+                           arg=training.element_handle(), timeout=15_000)
+    assert not charts_shown(training)
     training.scroll_into_view_if_needed()
     shot(page, "02-stopped")
+
+
+def test_saved_quickstart_renders_without_a_kernel(page: Any, lab: dict[str, Any]) -> None:
+    """As GitHub, nbviewer or nbconvert show the saved notebook: no widget repr, the charts once (the SVG)."""
+    from nbconvert import HTMLExporter
+
+    page.evaluate("() => window.jupyterapp.commands.execute('docmanager:save')")
+    page.wait_for_function("() => !window.jupyterapp.shell.currentWidget.context.model.dirty")
+    html, _ = HTMLExporter().from_filename(str(lab["folder"] / "01-quickstart.ipynb"))
+    static = ARTIFACTS / "01-quickstart.html"
+    static.write_text(html, encoding="utf-8")
+    viewer = page.context.new_page()
+    try:
+        viewer.goto(static.as_uri())
+        text = viewer.locator("body").inner_text()
+        assert "VBox(" not in text and "<TrainingRun" not in text, "a widget or run repr shows without a kernel"
+        assert "Traceback" not in text
+        training = viewer.locator(".jp-Cell").filter(has_text="%%finetune --name quickstart")
+        assert training.locator(".jp-RenderedSVG img").count() == 1  # the charts once: the record
+        assert training.locator(".jp-RenderedSVG img").evaluate("img => img.naturalWidth") > 0
+        assert training.locator(".js-plotly-plot").count() == 0
+        training.scroll_into_view_if_needed()
+        viewer.screenshot(path=str(ARTIFACTS / "02-saved-without-kernel.png"))
+    finally:
+        viewer.close()
+
+
+def test_reloaded_page_shows_the_live_charts_and_fits_a_narrow_pane(page: Any, lab: dict[str, Any]) -> None:
+    """A page reloaded in a narrow window while the kernel trains on: the charts come back from the kernel's
+    widget state with their points (plotly sends points as deltas), and fit the cell's width."""
+    training = cell(page, "%%finetune --name")
+    training.get_by_role("button", name="Resume").click()
+    wait_growth(page, training)
+    page.evaluate("() => window.jupyterapp.commands.execute('docmanager:save')")
+    page.wait_for_function("() => !window.jupyterapp.shell.currentWidget.context.model.dirty")
+    page.set_viewport_size({"width": 760, "height": 900})
+    try:
+        open_notebook(page, lab, "01-quickstart.ipynb")
+        training = cell(page, "%%finetune --name")
+        training.locator(".js-plotly-plot").first.wait_for(timeout=60_000)
+        page.wait_for_function("el => el.data && el.data[0].x && el.data[0].x.length >= 2", arg=plot(training),
+                               timeout=30_000)
+        wait_growth(page, training)
+        training.scroll_into_view_if_needed()
+        page.wait_for_timeout(500)
+        shot(page, "03-reloaded-narrow")
+        measured = overflow(training)
+        assert measured["over"] <= 1, f"the charts overflow a narrow pane: {measured}"
+    finally:
+        page.set_viewport_size({"width": 1400, "height": 900})
+    training.get_by_role("button", name="Stop").click()
+    training.get_by_text("Stopped at step").wait_for(timeout=60_000)
+    wait_idle(page)
+    # The reloaded page cannot receive the cell's record (its display id is gone with the old page): it keeps the
+    # live charts rather than show neither.
+    assert charts_shown(training) and trace_points(training) > 2
 
 
 def test_finetune_cells_are_yaml_with_marked_magic_line(page: Any) -> None:
@@ -339,3 +441,69 @@ def test_compare_view_fills_base_and_finetuned_columns(page: Any, lab: dict[str,
     assert accuracy[base].endswith("%") and accuracy[tuned].endswith("%"), rows
     compare.scroll_into_view_if_needed()
     shot(page, "05-compared")
+
+
+def test_the_forms_insert_as_cell_inserts_the_cell_below_the_form_once(page: Any, lab: dict[str, Any]) -> None:
+    """slmnb.form()'s "Insert as cell" once only printed "Copy this into a new cell": nothing handled its output.
+
+    A notebook of its own, so this needs no earlier test: the form's cell, the button, and the cell it inserts
+    directly below, once, which then runs as a valid config with --dry-run. A reload with the kernel still running
+    shows the form again from the widget state, and inserts nothing more.
+    """
+    from slmnb.config import FinetuneConfig
+    from slmnb.data import with_default_templates
+    from slmnb.demo import DEMO_CONFIG
+
+    name = "form.ipynb"
+    notebook = {"nbformat": 4, "nbformat_minor": 5, "cells": [
+        {"cell_type": "code", "id": "form", "metadata": {}, "execution_count": None, "outputs": [],
+         "source": "import slmnb\nslmnb.form()"},
+        {"cell_type": "markdown", "id": "after", "metadata": {}, "source": "The end."}],
+        "metadata": {"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}}}
+    (lab["folder"] / name).write_text(json.dumps(notebook), encoding="utf-8")
+    open_notebook(page, lab, name)
+    run_all(page)
+    form = cell(page, "import slmnb")
+    form.get_by_role("button", name="Insert as cell").click()
+    page.wait_for_function("() => window.jupyterapp.shell.currentWidget.content.widgets.length === 3")
+    sources = page.evaluate("() => window.jupyterapp.shell.currentWidget.content.widgets"
+                            ".map(c => c.model.sharedModel.getSource())")
+    assert sources[0].startswith("import slmnb") and sources[2] == "The end.", sources
+    line, _, body = sources[1].partition("\n")
+    assert line == "%%finetune"
+    assert FinetuneConfig.from_text(body) == with_default_templates(FinetuneConfig.from_dict(DEMO_CONFIG))
+    assert body.strip() in form.locator("pre").inner_text()  # the text the form shows
+    note = form.locator(".slmnb-InsertedNote")
+    assert note.inner_text().startswith("Inserted the %%finetune cell below") and "Copy this" not in form.inner_text()
+    page.wait_for_timeout(1000)  # a second insertion, if any, would come from the same message
+    assert page.evaluate("() => window.jupyterapp.shell.currentWidget.content.widgets.length") == 3
+    form.scroll_into_view_if_needed()
+    shot(page, "06-form-inserted")
+
+    # A likely mistake is kept as typed, warned about in amber beside its box, and Start stays on.
+    form.get_by_label("learning_rate", exact=True).fill("5")
+    warning = form.locator(".slmnb-form-warning", has_text="learning_rate 5 is far above what LoRA uses")
+    warning.wait_for(timeout=15_000)
+    assert warning.evaluate("el => getComputedStyle(el).color") == "rgb(161, 92, 0)"
+    assert form.get_by_role("button", name="Start").is_enabled()
+    assert "learning_rate: 5.0" in form.locator("pre").inner_text()
+
+    # The inserted cell is valid as it stands: --dry-run resolves it without training.
+    page.evaluate("""() => {
+        const notebook = window.jupyterapp.shell.currentWidget.content;
+        const inserted = notebook.widgets[1].model.sharedModel;
+        inserted.setSource(inserted.getSource().replace('%%finetune', '%%finetune --dry-run'));
+        notebook.activeCellIndex = 1;
+        window.jupyterapp.commands.execute('notebook:run-cell');
+    }""")
+    dry_run = cell(page, "%%finetune --dry-run")
+    dry_run.get_by_text("Resolved config").wait_for(timeout=120_000)
+    wait_idle(page)
+    assert not errors(page), errors(page)
+
+    page.evaluate("() => window.jupyterapp.commands.execute('docmanager:save')")
+    page.wait_for_function("() => !window.jupyterapp.shell.currentWidget.context.model.dirty")
+    open_notebook(page, lab, name)  # a reload of the page, the kernel still running
+    cell(page, "import slmnb").get_by_role("button", name="Insert as cell").wait_for(timeout=60_000)
+    page.wait_for_timeout(2000)
+    assert page.evaluate("() => window.jupyterapp.shell.currentWidget.content.widgets.length") == 3

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import pytest
 
+from slmnb.checks import config_warnings, field_warnings, written
 from slmnb.config import FinetuneConfig, load_config
 from slmnb.errors import ConfigError
 
@@ -258,3 +259,64 @@ def test_empty_text_for_a_field_with_a_default_needs_a_value(name: str, value: s
 
 def test_empty_text_clears_a_field_whose_default_is_empty() -> None:
     assert FinetuneConfig(max_steps="", eval_split="", name="").max_steps is None
+
+
+# --- warnings: values that work but are very likely a mistake ---------------------------------------------
+
+
+def test_the_demo_job_and_the_defaults_have_no_warning() -> None:
+    from slmnb.demo import DEMO_CONFIG
+
+    assert config_warnings(FinetuneConfig.from_dict(DEMO_CONFIG)) == []
+    assert config_warnings(FinetuneConfig()) == []
+    assert config_warnings(FinetuneConfig(method="full", learning_rate=2e-5)) == []
+
+
+@pytest.mark.parametrize(("values", "field", "message"), [
+    ({"learning_rate": 5}, "learning_rate",
+     "learning_rate 5 is far above what LoRA uses (at most 0.01) and will likely diverge: try 3e-3."),
+    ({"learning_rate": 0}, "learning_rate", "learning_rate 0 is below 1e-6, so the weights barely change: try 3e-3."),
+    ({"method": "full", "learning_rate": 3e-3}, "learning_rate",
+     "learning_rate 0.003 is far above what full fine-tuning uses (at most 0.001) and will likely erase what the "
+     "model knew: try 2e-5."),
+    ({"lora_dropout": 0.7}, "lora_dropout",
+     "lora_dropout 0.7 drops most of the LoRA input, so it learns slowly: use 0 to 0.1 (the default is 0.05)."),
+    ({"lora_r": 256}, "lora_alpha",
+     "lora_alpha 16 / lora_r 256 scales the update by 0.0625 (usually 0.25 to 2), like a far slower learning rate: "
+     "set lora_alpha to about twice lora_r (512)."),
+    ({"lora_r": 1, "lora_alpha": 32}, "lora_alpha",
+     "lora_alpha 32 / lora_r 1 scales the update by 32 (usually 0.25 to 2), like a far faster learning rate: set "
+     "lora_alpha to about twice lora_r (2)."),
+    ({"eval_size": 0.8}, "eval_size",
+     "eval_size 0.8 holds out most of the rows for evaluation, leaving few to train on: use 0.1 to 0.2."),
+])
+def test_each_likely_mistake_is_one_warning_naming_the_fix(values: dict, field: str, message: str) -> None:
+    config = FinetuneConfig.from_dict(values)
+    assert field_warnings(config) == {field: message}
+    assert config_warnings(config) == [message]
+
+
+@pytest.mark.parametrize(("values", "warned"), [
+    ({"learning_rate": 1e-2}, False), ({"learning_rate": 1.01e-2}, True),  # LoRA's limit is inclusive
+    ({"learning_rate": 1e-6}, False), ({"learning_rate": 9e-7}, True),
+    ({"method": "full", "learning_rate": 1e-3}, False), ({"method": "qlora", "learning_rate": 1e-2}, False),
+    ({"lora_dropout": 0.5}, False), ({"lora_dropout": 0.51}, True),
+    ({"lora_r": 64, "lora_alpha": 8}, False), ({"lora_r": 64, "lora_alpha": 7}, True),
+    ({"lora_r": 2, "lora_alpha": 16}, False), ({"lora_r": 2, "lora_alpha": 17}, True),
+    ({"eval_size": 0.5}, False), ({"eval_size": 0.8, "eval_split": "test"}, False),  # no hold-out with a split
+    ({"method": "full", "lora_dropout": 0.9, "lora_r": 256, "learning_rate": 1e-5}, False),  # LoRA fields unused
+])
+def test_warnings_start_where_the_usual_range_ends(values: dict, warned: bool) -> None:
+    assert bool(config_warnings(FinetuneConfig.from_dict(values))) is warned
+
+
+def test_a_value_with_a_warning_is_kept_exactly() -> None:
+    config = FinetuneConfig.from_text("learning_rate: 5\nlora_dropout: 0.7")
+    assert (config.learning_rate, config.lora_dropout) == (5.0, 0.7)
+    assert len(config_warnings(config)) == 2
+
+
+@pytest.mark.parametrize(("value", "text"), [(3e-3, "0.003"), (1e-6, "1e-6"), (2e-4, "0.0002"), (16, "16"),
+                                             (5.0, "5"), (1e20, "1e20"), (1 / 3, "0.3333333333333333")])
+def test_numbers_are_written_as_a_person_writes_them(value: float, text: str) -> None:
+    assert written(value) == text and float(text) == value

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 from pathlib import Path
 
@@ -9,10 +10,10 @@ import pytest
 
 import slmnb
 from slmnb.config import FinetuneConfig
-from slmnb.notebook.charts import Curves, decimate, render_svg
+from slmnb.notebook.charts import Curves, decimate, log_ticks, render_svg, tick_text
 from slmnb.notebook.dashboard import Dashboard
 from slmnb.training import events as ev
-from slmnb.training.run import TrainingRun
+from slmnb.training.run import TrainingRun, WaitInterrupted
 from slmnb.training.runfiles import RunFolder
 from slmnb.training.states import RunState
 
@@ -122,8 +123,10 @@ def test_buttons_pause_resume_and_stop_a_real_run(workdir: Path, tiny: dict, com
     assert (run.dir / "adapter" / "adapter_config.json").is_file()
     assert f"Stopped at step {run.step}/2000" in dashboard.status.value
     # Resume on a stopped run continues it from its checkpoint, and the same dashboard follows again.
+    assert dashboard.charts.layout.display == "none"  # ended: the static record shows the charts, once
     dashboard.resume_button.click()
     _until(lambda: run.status == "running")
+    _until(lambda: dashboard.charts.layout.display != "none")  # live again
     dashboard.stop_button.click()
     run.wait()
     dashboard._drawer.join(5)
@@ -144,8 +147,111 @@ def test_curves_and_static_record() -> None:
     assert svg.count("<polyline") == 3  # train, smoothed train, smoothed perplexity (no evals yet)
 
 
+def test_widget_state_for_a_reloaded_page_holds_the_current_points(run: TrainingRun, comms: list) -> None:
+    # A page reloaded while the kernel runs asks the kernel for each widget's state: the charts must come back
+    # with their points, though plotly sends the points as restyle deltas.
+    dashboard = Dashboard(run).follow()
+    run.emit(started(10))
+    for n in range(1, 6):
+        run.emit(step(n, loss=3.0 / n))
+    _until(lambda: len(dashboard.figure.data[0].x) == 5)
+    state = dashboard.figure.get_state()
+    assert [list(t.get("x", [])) for t in state["_widget_data"][:2]] == [[1, 2, 3, 4, 5]] * 2
+    assert state["_widget_layout"]["xaxis"]["dtick"] == 1  # relayouts too: whole steps while there are few
+    run.emit(ev.Finished(step=5, elapsed=1.0, output_path="x", reason="completed"))
+    dashboard._drawer.join(5)
+
+
+def test_charts_are_readable_early_and_on_a_log_axis(run: TrainingRun, comms: list) -> None:
+    dashboard = Dashboard(run).follow()
+    run.emit(started(100))
+    run.emit(step(1, loss=3.0))
+    _until(lambda: len(dashboard.figure.data[0].x) == 1)
+    train = dashboard.figure.data[1]
+    assert "markers" in train.mode  # one point: a line alone would draw nothing
+    assert dashboard.figure.layout.xaxis.dtick == 1 and dashboard.figure.layout.xaxis2.dtick == 1  # no step 1.5
+    for n in range(2, 41):
+        run.emit(step(n, loss=3.0 - n * 0.05))
+    _until(lambda: len(dashboard.figure.data[0].x) == 40)
+    assert train.mode == "lines" and dashboard.figure.layout.xaxis.dtick is None
+    ppl_axis = dashboard.figure.layout.yaxis2
+    assert ppl_axis.type == "log" and list(ppl_axis.ticktext) == [tick_text(v) for v in ppl_axis.tickvals]
+    run.emit(ev.Finished(step=40, elapsed=4.0, output_path="x", reason="completed"))
+    dashboard._drawer.join(5)
+    # Labels written in full (20, not a bare "2"), and few of them.
+    assert log_ticks(8.0, 30.0) == [10.0, 15.0, 20.0, 30.0] and tick_text(20.0) == "20"
+    assert log_ticks(5.0, 22_000.0) == [10.0, 100.0, 1000.0, 10_000.0] and tick_text(10_000.0) == "10,000"
+    assert log_ticks(1.2, 1.9) == [1.2, 1.9]
+
+
+def test_buttons_are_off_with_a_hint_while_a_cell_waits(workdir: Path, tiny: dict, comms: list) -> None:
+    # The kernel queues widget clicks while a cell blocks in run.wait(): the buttons say so instead of seeming to
+    # work later.
+    import os
+    import signal
+    import threading
+
+    run = slmnb.finetune(tiny, name="waited", max_steps=5000, eval_steps=5000)
+    dashboard = Dashboard(run).follow()
+    _until(lambda: run.step >= 1)
+    assert not dashboard.stop_button.disabled and not dashboard.hint.value
+    waiter = threading.Thread(target=run.wait)
+    waiter.start()
+    _until(lambda: dashboard.stop_button.disabled and "run.wait()" in dashboard.hint.value)
+    assert dashboard.pause_button.disabled and dashboard.resume_button.disabled
+    # The kernel's interrupt (a SIGINT, handled by the main thread) ends a wait and training goes on.
+    threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGINT)).start()
+    with pytest.raises(WaitInterrupted, match="Stopped waiting for run 'waited', which trains on"):
+        run.wait()
+    assert run.alive
+    run.stop()  # what the runs panel's Stop does, through the run folder
+    waiter.join(60)
+    # The wait returned: the buttons come back without any new event.
+    _until(lambda: not dashboard.resume_button.disabled and not dashboard.hint.value)
+    assert run.status == "stopped" and not run.waited_on
+
+
+def test_tokens_per_second_leave_out_paused_time(workdir: Path, tiny: dict) -> None:
+    run = slmnb.finetune(tiny, name="paused-rate", max_steps=40, eval_steps=40, logging_steps=1)
+    _until(lambda: run.step >= 4)
+    run.pause()
+    _until(lambda: run.status == "paused")
+    held = run.step
+    time.sleep(2.0)  # far longer than a step of the tiny model
+    run.resume()
+    run.wait()
+    rates = {e.step: e.tokens_per_second for e in run.history if isinstance(e, ev.Step)}
+    others = sorted(rate for s, rate in rates.items() if s not in (1, held + 1))
+    assert rates[held + 1] > others[len(others) // 2] / 3, (held, rates)
+
+
+def test_repr_says_when_it_was_taken(run: TrainingRun) -> None:
+    assert re.fullmatch(r"<TrainingRun 'fake': starting at step 0/\? as of \d\d:\d\d:\d\d, in .*fake>", repr(run))
+
+
+def test_static_record_marks_lone_points_and_labels_the_log_axis_in_full() -> None:
+    curves = Curves()
+    curves.add(started(60))
+    curves.add(step(1, loss=3.0))
+    svg = render_svg(curves, "one step", ["Training"])
+    assert svg.count("<circle") == 3  # train, smoothed, smoothed perplexity: one point each, drawn as dots
+    for n in range(2, 61):
+        curves.add(step(n, loss=3.0 - n * 0.04))
+    svg = render_svg(curves, "sixty steps", ["Finished"])
+    assert "<circle" not in svg
+    labels = re.findall(r'text-anchor="end" font-size="10">([^<]+)</text>', svg)
+    ppl = [f"{v:g}" for v in log_ticks(min(curves.train_perplexity), max(curves.train_perplexity))]
+    assert [x.replace(",", "") for x in labels[2:]] == ppl and len(ppl) >= 2
+
+
 def _until(condition, timeout: float = 60.0) -> None:
     end = time.monotonic() + timeout
     while not condition():
         assert time.monotonic() < end, "timed out"
         time.sleep(0.05)
+
+
+def test_a_slow_start_says_what_it_is_doing(run: TrainingRun, comms: list) -> None:
+    run.phase = "Preparing tiny-llama for its first use on this machine (about 30 s, once): converting its weights..."
+    dashboard = Dashboard(run).follow()
+    assert "Preparing tiny-llama for its first use" in dashboard.status.value

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -193,9 +195,13 @@ def test_an_adapter_of_another_shape_does_not_fit() -> None:
         check_fits({"model.layers.9.attn.q_proj.lora_A.MatMul.weight": np.zeros((64, 8))}, inputs, "run x", "base")
 
 
-def test_compare_puts_base_run_and_few_shot_side_by_side(inside) -> None:
+def test_compare_puts_base_run_and_few_shot_side_by_side(inside, capfd) -> None:
     comparison = slmnb.compare("tuned", prompts=["I lost my keys", "We won!"], max_new_tokens=4, few_shot=2,
                                evaluate=True)
+    rows = len(comparison.test_rows)
+    err = capfd.readouterr().err  # outside a notebook, each column's evaluation counts its rows on stderr
+    assert "evaluating base model on the test split: 100%" in err and f"{rows}/{rows} [" in err
+    assert "evaluating base, 2-shot on the test split" in err and "predict (base model)" in err
     assert [c.title for c in comparison.columns] == ["base model", "tuned", "base, 2-shot"]
     assert all(len(c.answers) == 2 and all(c.answers) for c in comparison.columns)
     assert all(c.tokens_per_second > 0 and c.first_token > 0 for c in comparison.columns)
@@ -216,6 +222,17 @@ def test_opt_magic_exports_lists_and_compares(inside, ip) -> None:
     assert "tuned" in repr(table) and "fp32" in repr(table)
     view = ip.run_line_magic("opt", "compare tuned --max_new_tokens 3 --wait")
     assert view.comparison.status == "done" and len(view.comparison.columns) == 2
+    seen: list[str] = []
+    view = ip.run_line_magic("opt", "compare tuned --max_new_tokens 3 --eval")
+    while not view.done:  # the status line while it works: rows done of total, and how to stop it
+        seen.append(view._render()[1].split("\n")[0])
+        time.sleep(0.02)
+    view.wait()
+    rows = len(view.comparison.test_rows)
+    assert any(re.match(rf"evaluating tuned on the test split: \d+/{rows} rows \[", line) for line in seen)
+    assert any("checking tuned against PyTorch:" in line for line in seen)
+    assert all("stop() on this cell's value ends it" in line for line in seen if "rows [" in line)
+    assert view._render()[1].split("\n")[0] == "done"
     with pytest.raises(UsageError, match="No run called 'nosuch'"):
         ip.run_line_magic("opt", "export nosuch")
     with pytest.raises(UsageError, match="has no subcommand 'frobnicate'"):
@@ -431,3 +448,22 @@ def test_a_full_disk_during_export_is_one_sentence(inside, monkeypatch) -> None:
                                           r"make room on the disk, then export again\.") as failure:
         slmnb.export("no-room", precision="fp32")
     one_sentence(str(failure.value))
+
+
+@pytest.mark.slow  # two builds from scratch (about 5 min here): make test-slow, to keep make test within its time
+@pytest.mark.timeout(900)
+def test_stopping_an_export_job_keeps_nothing_half_written_and_the_next_export_works(inside, tmp_path, ip) -> None:
+    from slmnb.notebook.opt_views import ExportJob, ExportStopped
+
+    out = tmp_path / "onnx"
+    job = ExportJob(inside["run"], {"precision": "fp32", "output": str(out)})
+    while job.phase == "starting" and not job.done:  # the builder is under way once a phase is shown
+        time.sleep(0.05)
+    assert "stop() on this cell's value ends it" in job._render()[1]
+    job.stop()
+    with pytest.raises(ExportStopped, match="was stopped before it finished, and nothing of it was kept"):
+        job.wait()
+    assert job._render()[1].startswith("The export of tuned was stopped")
+    left = [p for p in out.iterdir() if p.is_dir()]
+    assert left == []  # no model folder, finished or temporary
+    assert slmnb.export(inside["run"], precision="fp32", output=out).folder.parent == out

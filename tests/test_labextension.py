@@ -113,3 +113,12 @@ def test_the_wheel_says_the_version_of_package_json(wheel_venv: Path) -> None:
     shown = _run([str(wheel_venv / "bin" / "python"), "-c", code], env=_without_node(wheel_venv)).split()
     version = json.loads((ROOT / "labextension" / "package.json").read_text(encoding="utf-8"))["version"]
     assert shown == [version, version]
+
+
+def test_the_extension_handles_the_mime_type_the_form_displays() -> None:
+    """The form's Insert as cell and the extension's handler name one MIME type, or nothing is ever inserted."""
+    from slmnb.notebook.form import CELL_MIME
+
+    source = (ROOT / "labextension" / "src" / "formcell.ts").read_text(encoding="utf-8")
+    assert f"export const CELL_MIME = '{CELL_MIME}';" in source
+    assert "insertFormCells(notebooks)" in (ROOT / "labextension" / "src" / "index.ts").read_text(encoding="utf-8")

@@ -9,7 +9,9 @@ from pathlib import Path
 
 import pytest
 from IPython.core.error import UsageError
+from IPython.utils.capture import capture_output
 
+import slmnb
 from slmnb.errors import ConfigError
 from slmnb.notebook.launch import cell_config, shortened
 from slmnb.notebook.parsing import parse_cell_line
@@ -95,9 +97,11 @@ def test_dry_run_shows_config_and_rendered_rows_and_trains_nothing(ip, workdir: 
     assert not Path("runs").exists()
 
 
-def test_cell_trains_in_the_background_and_returns_the_run(ip, workdir: Path, body: str) -> None:
-    run = ip.run_cell_magic("finetune", "--name bg -o started", body)
-    assert isinstance(run, TrainingRun) and ip.user_ns["started"] is run
+def test_cell_trains_in_the_background_and_leaves_no_stale_value(ip, workdir: Path, body: str) -> None:
+    # The dashboard is the cell's output: a value would print a snapshot repr under it that never changes.
+    assert ip.run_cell_magic("finetune", "--name bg -o started", body) is None
+    run = ip.user_ns["started"]
+    assert isinstance(run, TrainingRun)
     assert run.alive or run.status == "finished"  # the cell returned while training went on
     run.wait()
     assert (run.status, run.step) == ("finished", 4)
@@ -107,7 +111,8 @@ def test_cell_trains_in_the_background_and_returns_the_run(ip, workdir: Path, bo
 
 
 def test_wait_blocks_until_the_run_ends(ip, workdir: Path, body: str) -> None:
-    run = ip.run_cell_magic("finetune", "--name blocking --wait", body)
+    assert ip.run_cell_magic("finetune", "--name blocking --wait -o run", body) is None
+    run = ip.user_ns["run"]
     assert not run.alive and run.status == "finished"
     assert (run.dir / "adapter" / "adapter_config.json").is_file()
 
@@ -119,16 +124,19 @@ def test_subcommands(ip, workdir: Path, body: str) -> None:
         ip.run_line_magic("finetune", "show ghost")
     with pytest.raises(UsageError, match="takes one run name"):
         ip.run_line_magic("finetune", "resume")
-    run = ip.run_cell_magic("finetune", "--name sub --max_steps 150 --eval_steps 150", body)
+    ip.run_cell_magic("finetune", "--name sub --max_steps 150 --eval_steps 150", body)
+    run = slmnb.load_run("sub")
     ip.run_line_magic("finetune", "pause")
     _until(lambda: run.status == "paused")
-    ip.run_line_magic("finetune", "resume sub")
+    with capture_output() as said:
+        assert ip.run_line_magic("finetune", "resume sub") is None
+    assert "Resumed sub: its dashboard" in said.stdout  # this cell shows no dashboard: it says where it is
     _until(lambda: run.status == "running")
     ip.run_line_magic("finetune", "stop sub")
     run.wait()
     assert run.status == "stopped" and run.step < 150
-    resumed = ip.run_line_magic("finetune", "resume sub --wait")
-    assert resumed is run and (run.status, run.step) == ("finished", 150)
+    assert ip.run_line_magic("finetune", "resume sub --wait") is None
+    assert (run.status, run.step) == ("finished", 150)
     with pytest.raises(UsageError, match="to train it longer, resume it with max_steps greater than 150"):
         ip.run_line_magic("finetune", "resume sub")
     assert ip.run_line_magic("finetune", "show sub") is None  # re-opens the dashboard from its history
@@ -139,7 +147,8 @@ def test_config_traits_set_runs_folder_and_default_model(ip, workdir: Path, tiny
     ip.run_line_magic("config", "FinetuneMagics.default_model = 'tiny-llama'")
     try:
         body = json.dumps({k: v for k, v in tiny.items() if k != "model_name_or_path"} | {"max_steps": 2})
-        run = ip.run_cell_magic("finetune", "--name traits --wait", body)
+        ip.run_cell_magic("finetune", "--name traits --wait -o run", body)
+        run = ip.user_ns["run"]
         assert run.config.model_name_or_path == "tiny-llama"
         assert run.dir == Path("elsewhere/traits")
     finally:
@@ -162,3 +171,21 @@ def test_slmnb_errors_show_as_one_line_in_a_notebook(ip, capsys) -> None:
     shown = out.out + out.err
     assert "RunError" in shown and "Run x is still training: stop it first." in shown
     assert "Traceback" not in shown and "File " not in shown
+
+
+@pytest.mark.parametrize("line", ["--help", "-h", "resume --help", "stop --help", "show -h"])
+def test_finetune_help_prints_without_a_traceback(ip, line: str) -> None:
+    # A help text with train[:90%] once crashed argparse's %-formatting; every `--help` the docs mention must work.
+    with capture_output() as shown:
+        result = ip.run_cell(f"%finetune {line}")
+    assert result.error_in_exec is None, result.error_in_exec
+    assert "train[:90%]" in shown.stdout and "%finetune resume NAME" in shown.stdout
+    assert "Traceback" not in shown.stdout + shown.stderr
+
+
+@pytest.mark.parametrize("line", ["--help", "export --help", "compare -h", "adapters --help"])
+def test_opt_help_prints_the_usage(ip, line: str) -> None:
+    with capture_output() as shown:
+        result = ip.run_cell(f"%opt {line}")
+    assert result.error_in_exec is None, result.error_in_exec
+    assert "%opt export RUN" in shown.stdout and "%opt compare RUN" in shown.stdout

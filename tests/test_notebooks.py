@@ -62,3 +62,17 @@ def test_notebook_runs_headless(path: Path, folder: Path, monkeypatch: pytest.Mo
         assert records, "the training cell keeps no static record of its charts"
         svg = records[0]["data"]["image/svg+xml"]
         assert "Finished at step 4/4" in svg and "<polyline" in svg
+        assert_renders_without_a_kernel(nb)
+
+
+def assert_renders_without_a_kernel(nb: nbformat.NotebookNode) -> None:
+    """As GitHub, nbviewer or nbconvert show the saved notebook: no widget repr, the charts once, no traceback."""
+    from nbconvert import HTMLExporter
+
+    html, _ = HTMLExporter().from_notebook_node(nb)
+    assert "VBox(" not in html and "FigureWidget" not in html, "a widget's Python repr shows in the saved notebook"
+    assert "&lt;TrainingRun" not in html, "a stale run snapshot shows under the training cell"
+    # nbconvert inlines SVG outputs as base64 images: the record is the notebook's one SVG.
+    assert html.count('data-mime-type="image/svg+xml"') == 1, "the charts should show exactly once: the record"
+    assert "js-plotly-plot" not in html
+    assert "Traceback (most recent call last)" not in html

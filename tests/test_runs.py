@@ -113,6 +113,30 @@ def test_names_are_checked_wherever_a_user_gives_one(workdir: Path, tiny: dict) 
     assert slmnb.load_run("runs/real").name == "real"  # a folder path is fine
 
 
+def test_a_model_first_used_is_built_in_the_thread_and_settles_the_config_there(
+        workdir: Path, tiny: dict, monkeypatch) -> None:
+    # A fresh SLMNB_HOME: tiny-llama is not built yet, as the embedded model is not on a user's first cell.
+    monkeypatch.setenv("SLMNB_HOME", str(workdir / "home"))
+    seen: list[str | None] = []
+    started = time.perf_counter()
+    run = slmnb.finetune(tiny, name="first-use", max_steps=2, target_modules=None)
+    returned = time.perf_counter() - started
+    seen.append(run.phase)
+    run.wait(120)
+    assert seen[0] and "first use" in seen[0]  # the thread was still building when start returned
+    assert run.status == RunState.FINISHED and run.phase is None
+    saved = yaml.safe_load((workdir / "runs" / "first-use" / "config.yaml").read_text(encoding="utf-8"))
+    assert saved["target_modules"] == ["q_proj", "v_proj"] == run.config.target_modules
+    assert returned < 5, returned  # not a timed goal: start must not have built the model (it takes longer)
+
+    # On a model built in the thread, a config the model refuses fails the run with the one sentence.
+    monkeypatch.setenv("SLMNB_HOME", str(workdir / "home2"))
+    bad = slmnb.finetune(tiny, name="bad-modules", target_modules="q_proj,vv_proj")
+    with pytest.raises(slmnb.SlmnbError, match="target_modules vv_proj matches no layer"):
+        bad.wait(120)
+    assert bad.status == RunState.FAILED
+
+
 # --- resume ------------------------------------------------------------------------------------------------
 
 
@@ -491,3 +515,20 @@ def test_data_mistakes_are_answered_before_the_model_is_read(workdir: Path, tiny
     (broken / "config.json").write_text("{not json")  # reading the model would fail with its own sentence
     with pytest.raises(slmnb.ConfigError, match="which is not a column"):
         slmnb.finetune(tiny, model_name_or_path=str(broken), prompt_template="{nothing}")
+
+
+def test_a_likely_mistake_trains_as_asked_and_every_front_end_says_so(workdir: Path, tiny: dict, ip) -> None:
+    from slmnb.notebook.dashboard import Dashboard
+
+    run = slmnb.finetune(tiny, name="warned", learning_rate=5, max_steps=1)
+    try:
+        run.wait(120)
+    except slmnb.SlmnbError:
+        pass  # a learning rate of 5 may well diverge: the point is that it was said before
+    started = next(e for e in run.history if isinstance(e, ev.Started))
+    assert any(note.startswith("learning_rate 5") for note in started.notes), started.notes
+    assert run.config.learning_rate == 5
+    dashboard = Dashboard(run)
+    dashboard.follow()
+    dashboard.redraw()
+    assert dashboard.status.value.count("learning_rate 5") == 1, dashboard.status.value

@@ -15,6 +15,8 @@ import { LabIcon } from '@jupyterlab/ui-components';
 import { LanguageSupport } from '@codemirror/language';
 
 import { insertTemplate, Template } from './cells';
+import { insertFormCells } from './formcell';
+import { fitPlotlyCharts } from './plotfit';
 import { magicExtension } from './highlight';
 import { RunsPanel } from './panel';
 import { IRunState, RunsModel, SAVED_STATUSES, dirname, isLive, joinPath } from './runs';
@@ -68,7 +70,8 @@ const editorPlugin: JupyterFrontEndPlugin<void> = {
 /** Cell templates, the runs panel, a run's metrics view and the status-bar item. */
 const runsPlugin: JupyterFrontEndPlugin<void> = {
   id: 'slmnb:plugin',
-  description: 'Fine-tuning cell templates, the runs side panel and the active run in the status bar.',
+  description:
+    "Fine-tuning cell templates, the form's Insert as cell, the runs side panel and the active run in the status bar.",
   autoStart: true,
   requires: [INotebookTracker],
   optional: [ICommandPalette, IStatusBar, ILayoutRestorer],
@@ -90,6 +93,8 @@ const runsPlugin: JupyterFrontEndPlugin<void> = {
     notebooks.currentChanged.connect(follow);
     follow();
     model.refresh();
+    insertFormCells(notebooks);
+    fitPlotlyCharts(); // the dashboards' charts follow their cell's width (plotly measures only once)
 
     const panel = new RunsPanel(model, run => commands.execute(CommandIDs.openRun, { path: run.path }));
     panel.id = 'slmnb-runs';

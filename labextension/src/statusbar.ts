@@ -1,5 +1,8 @@
 /**
  * The status-bar item: the active run's step/max and loss while one is training; hidden otherwise.
+ *
+ * The loss is the last logged step's (run.json has no other), labelled so: the dashboard shows it beside the
+ * smoothed loss its chart draws, so the two numbers never seem to disagree.
  */
 import { Widget } from '@lumino/widgets';
 
@@ -25,7 +28,7 @@ export class RunStatus extends Widget {
       return;
     }
     const step = run.step !== undefined ? `: step ${steps(run)}` : '';
-    const loss = run.loss !== undefined ? ` · loss ${num(run.loss)}` : '';
+    const loss = run.loss !== undefined ? ` · loss ${num(run.loss)} (last step)` : '';
     const status = run.status === 'running' ? '' : ` (${run.status})`;
     this.node.textContent = `Fine-tuning ${run.name}${step}${loss}${status}`;
   }

@@ -81,6 +81,33 @@ def decimate(xs: list[int], ys: list[float], max_points: int) -> tuple[list[int]
     return [xs[i] for i in keep], [ys[i] for i in keep]
 
 
+# Tick mantissas per decade, sparsest first: log_ticks takes the first set that gives enough ticks.
+LOG_MANTISSAS = ((1,), (1, 3), (1, 2, 5), (1, 1.5, 2, 3, 5, 7))
+
+
+def log_ticks(lo: float, hi: float, least: int = 3) -> list[float]:
+    """Readable ticks for a log axis from lo to hi: whole decades when they are enough, 1-2-5 steps when not.
+
+    plotly's own log ticks label 20 as "2" between decades and crowd them when the range is short.
+    """
+    if not (0 < lo <= hi < math.inf):
+        return []
+    first, last = math.floor(math.log10(lo)), math.ceil(math.log10(hi))
+    ticks: list[float] = []
+    for mantissas in LOG_MANTISSAS:
+        ticks = [m * 10.0**e for e in range(first, last + 1) for m in mantissas if lo <= m * 10.0**e <= hi]
+        if len(ticks) >= least:
+            break
+    if len(ticks) < 2:  # a range within one small gap: its ends are the ticks
+        ticks = sorted({lo, hi})
+    return ticks
+
+
+def tick_text(value: float) -> str:
+    """A tick label written in full (20, 1,500, 0.5), never a bare mantissa."""
+    return f"{value:,.0f}" if value >= 10 else f"{value:.3g}"
+
+
 def rounded(values: list[float], digits: int = 5) -> list[float]:
     """Fewer digits for the widget: a loss shown to 5 significant digits keeps the messages small."""
     return [float(f"{v:.{digits}g}") if math.isfinite(v) else v for v in values]
@@ -89,6 +116,7 @@ def rounded(values: list[float], digits: int = 5) -> list[float]:
 # --- the static record -------------------------------------------------------------------------------
 
 WIDTH, PANEL_H, TOP, PAD = 760, 220, 30, 44
+MARKERS_UP_TO = 30  # points of a series drawn as dots too
 TRAIN_COLOUR, SMOOTH_COLOUR, EVAL_COLOUR = "#9ecae1", "#1f77b4", "#ff7f0e"
 
 
@@ -132,10 +160,13 @@ def _panel(x0: int, y0: int, w: int, label: str, series: list, log: bool, max_po
     def at(x: float, y: float) -> str:
         return f"{x0 + (x - x_lo) / x_span * w:.1f},{y0 + h - (scale(y) - y_lo) / y_span * h:.1f}"
 
-    for value in (y_lo, y_hi):
-        shown = 10**value if log else value
-        out.append(f'<text x="{x0 - 4}" y="{y0 + h - (value - y_lo) / y_span * h + 4:.1f}" text-anchor="end" '
-                   f'font-size="10">{shown:.3g}</text>')
+    labels = [(math.log10(t), tick_text(t)) for t in log_ticks(10**y_lo, 10**y_hi)] if log else \
+        [(value, f"{value:.3g}") for value in (y_lo, y_hi)]
+    for value, text in labels:
+        y = y0 + h - (value - y_lo) / y_span * h
+        out.append(f'<text x="{x0 - 4}" y="{y + 4:.1f}" text-anchor="end" font-size="10">{text}</text>')
+        if log:
+            out.append(f'<line x1="{x0}" x2="{x0 + w}" y1="{y:.1f}" y2="{y:.1f}" stroke="#eee"/>')
     out.append(f'<text x="{x0}" y="{y0 + h + 14}" font-size="10">step {x_lo}</text>')
     out.append(f'<text x="{x0 + w}" y="{y0 + h + 14}" font-size="10" text-anchor="end">step {x_hi}</text>')
     for i, (xs, ys, colour, name) in enumerate(series):
@@ -145,5 +176,9 @@ def _panel(x0: int, y0: int, w: int, label: str, series: list, log: bool, max_po
         dx, dy = decimate([p[0] for p in kept], [p[1] for p in kept], max_points)
         out.append(f'<polyline fill="none" stroke="{colour}" stroke-width="1.5" '
                    f'points="{" ".join(at(x, y) for x, y in zip(dx, dy, strict=True))}"/>')
+        if len(dx) <= MARKERS_UP_TO:  # a line of one point draws nothing: its markers show it
+            for x, y in zip(dx, dy, strict=True):
+                cx, cy = at(x, y).split(",")
+                out.append(f'<circle cx="{cx}" cy="{cy}" r="2.5" fill="{colour}"/>')
         out.append(f'<text x="{x0 + w - 6}" y="{y0 + 14 + 14 * i}" text-anchor="end" fill="{colour}">{name}</text>')
     return out

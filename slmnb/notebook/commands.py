@@ -49,8 +49,11 @@ def pause(runs: Runs, args: list[str]) -> None:
     print(f"Pausing {run.name} after this step: %finetune resume {run.name} continues it.")
 
 
-def resume(runs: Runs, args: list[str]) -> Any:
-    """`%finetune resume NAME [--wait] [--max_steps N ...]`: the resume options are config fields."""
+def resume(runs: Runs, args: list[str]) -> None:
+    """`%finetune resume NAME [--wait] [--max_steps N ...]`: the resume options are config fields.
+
+    Returns nothing, like %%finetune: the dashboard is the cell's output, not a snapshot of the run.
+    """
     from slmnb.notebook import launch
     from slmnb.options import OptionParser, add_config_options, refuse_unknown
 
@@ -65,7 +68,7 @@ def resume(runs: Runs, args: list[str]) -> Any:
     if not name:
         raise RunError("%finetune resume takes one run name, such as: %finetune resume tones-lora "
                        "--max_steps 120.")
-    return launch.resume(runs, name, wait=wait, **overrides)
+    launch.resume(runs, name, wait=wait, **overrides)
 
 
 def show(runs: Runs, args: list[str]) -> None:

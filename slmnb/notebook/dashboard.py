@@ -3,17 +3,23 @@
 The training thread only appends events to a queue (a listener must be quick). One drawing thread per dashboard
 turns them into widget changes at most four times a second, so the dashboard is the single writer of its widgets
 and a fast run cannot flood the front end. When the run ends, the cell also gets a static SVG record of the charts
-and the summary, which is what a saved notebook shows without a kernel or widget state.
+and the summary, which is what a saved notebook shows without a kernel or widget state; the live charts are
+hidden then, so the cell shows the charts once (Resume shows them again and clears the record).
+
+While a cell blocks in a wait on the run, the kernel handles widget clicks only after the wait returns, so the
+buttons are disabled then and a hint says what acts at once: the runs panel's Stop, and the kernel's interrupt.
 """
 
 from __future__ import annotations
 
 import threading
+import time
+from functools import cache
 from html import escape
 from typing import Any
 
 from slmnb.errors import SlmnbError
-from slmnb.notebook.charts import Curves, decimate, render_svg, rounded
+from slmnb.notebook.charts import MARKERS_UP_TO, Curves, decimate, log_ticks, render_svg, rounded, tick_text
 from slmnb.text import clock
 from slmnb.training import events as ev
 from slmnb.training.run import TrainingRun
@@ -22,6 +28,7 @@ from slmnb.training.states import RunState as S
 INTERVAL = 0.25  # seconds between redraws: at most 4 updates a second
 MAX_POINTS = 500  # per trace; a 10,000-step run is strided down to this
 ETA_WINDOW = 20  # steps the ETA's pace is measured over
+WHOLE_STEPS_UP_TO = 10  # last step up to which the step axis has a tick per step (plotly would show 1.5 or 2.5)
 
 STATUS_COLOURS = {S.FAILED: "#c62828", S.INTERRUPTED: "#c62828", S.STOPPED: "#8a6d00", S.PAUSED: "#8a6d00",
                   S.FINISHED: "#2e7d32"}
@@ -47,7 +54,15 @@ class Dashboard:
         self._end_event: ev.Event | None = None  # the Finished, Stopped or Failed event drawn
         self._sent: dict[int, tuple[int, float | None]] = {}
         self._notice = ""
+        # What a person should know about this run: the config's likely mistakes at once, then the Started
+        # event's notes (a skipped damaged checkpoint, say), each said once.
+        from slmnb.checks import config_warnings
+
+        self._warnings: list[str] = config_warnings(run.config)
+        self._waiting_here = False  # this dashboard's wait() (--wait) blocks the cell: the interrupt stops the run
+        self._axes: tuple[Any, ...] | None = None  # the x dtick and the perplexity ticks sent last
         self._record: Any = None
+        self._record_shown = False
         self._unsubscribe: Any = None
         self._build()
 
@@ -58,8 +73,9 @@ class Dashboard:
         import plotly.graph_objects as go
         from plotly.subplots import make_subplots
 
-        figure = make_subplots(rows=1, cols=2, subplot_titles=("loss", "perplexity"), horizontal_spacing=0.1)
-        line = {"mode": "lines"}
+        figure = make_subplots(rows=1, cols=2, subplot_titles=("loss", "perplexity (log scale)"),
+                               horizontal_spacing=0.1)
+        line = {"mode": "lines+markers", "marker": {"size": 4}}  # lines only once a trace has many points
         figure.add_trace(go.Scatter(name="train", line={"color": "#9ecae1", "width": 1}, **line), row=1, col=1)
         figure.add_trace(go.Scatter(name="train (smoothed)", line={"color": "#1f77b4"}, **line), row=1, col=1)
         figure.add_trace(go.Scatter(name="eval", mode="lines+markers", line={"color": "#ff7f0e"}), row=1, col=1)
@@ -68,10 +84,16 @@ class Dashboard:
         figure.add_trace(go.Scatter(name="eval ppl", mode="lines+markers", line={"color": "#ff7f0e"},
                                     showlegend=False), row=1, col=2)
         figure.update_yaxes(type="log", row=1, col=2)
-        figure.update_xaxes(title_text="step")
-        figure.update_layout(height=320, margin={"l": 50, "r": 20, "t": 40, "b": 40},
+        figure.update_xaxes(title_text="step", rangemode="tozero")
+        # No width: plotly sizes the charts to the cell's width, which a narrow pane must not overflow.
+        figure.update_layout(height=320, autosize=True, margin={"l": 50, "r": 20, "t": 40, "b": 40},
                              legend={"orientation": "h", "y": -0.25}, template="plotly_white")
-        self.figure = go.FigureWidget(figure)
+        self.figure = live_figure_class()(figure)
+        # plotly redraws a responsive chart at its element's width on a window resize, which the extension sends
+        # when a cell's width changes (plotly's widget alone keeps the width of its first draw).
+        self.figure._config = {**self.figure._config, "responsive": True}
+        # A column: its child takes the full width (a row would size it to the chart's first 700px).
+        self.charts = w.VBox([self.figure], layout={"width": "100%"})
         self.title = w.HTML(self._title_html())
         self.progress = w.IntProgress(min=0, max=max(self.run.max_steps or 1, 1), layout={"width": "40%"})
         self.progress_text = w.HTML()
@@ -90,7 +112,7 @@ class Dashboard:
             self.status,
             w.HBox([self.stop_button, self.pause_button, self.resume_button]),
             self.hint,
-            self.figure,
+            self.charts,
         ])
 
     def _title_html(self) -> str:
@@ -109,7 +131,9 @@ class Dashboard:
 
         from slmnb.notebook.output import CellOutput
 
-        display(self.widget)
+        # Our own text/plain: a notebook rendered without a kernel (nbconvert, GitHub) shows it instead of the
+        # widget's repr, and the static record below it has the charts.
+        display({**self.widget._repr_mimebundle_(), "text/plain": ""}, raw=True)
         self._record = CellOutput()
         return self.follow()
 
@@ -142,30 +166,38 @@ class Dashboard:
             self._drawer.start()
 
     def _draw_loop(self) -> None:
-        while True:
-            ended = self._ended.wait(self.interval)  # wakes early only for the final redraw
-            if ended:
-                self.finish()
-                return
+        while not self._ended.wait(self.interval):  # wakes early only for the final redraw
             self.redraw()
+        self.finish()
+        # A cell blocked in run.wait() returns just after the training thread ends: draw once more then, so the
+        # buttons it disabled come back.
+        while self.run.waited_on:
+            time.sleep(self.interval / 5)
+        self.redraw()
 
     def finish(self) -> None:
         """The last redraw and the static record: safe to call from any thread, and more than once."""
         self.redraw()
         if self._record is not None:
             self._record.update(self.record_bundle())
+            self._record_shown = True
 
     def wait(self) -> TrainingRun:
-        """Block until the run ends (for --wait); Ctrl-C (or the kernel's interrupt) stops the run and saves it."""
+        """Block until the run ends (for --wait, headless runs); the kernel's interrupt stops the run and saves it."""
+        self._waiting_here = True
         try:
-            while self.run.alive:
-                self.run.wait(0.2)
-        except KeyboardInterrupt:
-            self.run.stop()
-            while self.run.alive:
-                self.run.wait(0.2)
-        except SlmnbError:
-            pass  # a failed run: its reason is on the dashboard
+            with self.run.waiting():  # one mark for the whole loop: the buttons stay disabled between short waits
+                try:
+                    while self.run.alive:
+                        self.run.wait(0.2)
+                except KeyboardInterrupt:
+                    self.run.stop()
+                    while self.run.alive:
+                        self.run.wait(0.2)
+                except SlmnbError:
+                    pass  # a failed run: its reason is on the dashboard
+        finally:
+            self._waiting_here = False
         if self._drawer is not None:
             self._drawer.join()
         else:
@@ -204,6 +236,7 @@ class Dashboard:
         if isinstance(event, ev.Started):
             self._max_steps = event.max_steps
             self._paces = []
+            self._warnings += [note for note in event.notes if note not in self._warnings]
         elif isinstance(event, ev.Step):
             self._paces.append((event.step, event.elapsed))
             del self._paces[:-ETA_WINDOW]
@@ -212,7 +245,8 @@ class Dashboard:
             self._end_event = event
 
     def _view(self) -> tuple[Any, ...]:
-        return (self.run.status, self.run.step, self._notice, self.curves.overfitting())
+        return (self.run.status, self.run.step, self._notice, self.curves.overfitting(), self.run.waited_on,
+                self.run.phase)
 
     def _draw_charts(self) -> None:
         c = self.curves
@@ -224,11 +258,34 @@ class Dashboard:
             if self._sent.get(index) != signature:  # unchanged traces are not sent again
                 self._sent[index] = signature
                 changed.append((index, *decimate(xs, ys, self.max_points)))
-        if changed:
+        axes = self._axes_view()
+        if changed or axes != self._axes:
             with self.figure.batch_update():
                 for index, xs, ys in changed:
-                    self.figure.data[index].x = xs
-                    self.figure.data[index].y = rounded(ys)
+                    trace = self.figure.data[index]
+                    trace.x, trace.y = xs, rounded(ys)
+                    # Markers while a train trace has few points (a line of one point draws nothing); eval
+                    # traces keep theirs.
+                    if index in (0, 1, 3):
+                        trace.mode = "lines+markers" if len(xs) <= MARKERS_UP_TO else "lines"
+                if axes != self._axes:
+                    self._draw_axes(axes)
+
+    def _axes_view(self) -> tuple[Any, ...]:
+        c = self.curves
+        last_step = max(c.steps[-1:] + c.eval_steps[-1:], default=0)
+        ppl = [v for v in c.train_perplexity + c.eval_perplexity if v == v and 0 < v < float("inf")]
+        ticks = tuple(log_ticks(min(ppl), max(ppl))) if ppl else ()
+        return (1 if last_step <= WHOLE_STEPS_UP_TO else None, ticks)
+
+    def _draw_axes(self, axes: tuple[Any, ...]) -> None:
+        dtick, ticks = axes
+        # Steps are whole numbers: one tick per step while there are few, plotly's own (whole) ticks after that.
+        self.figure.update_xaxes(dtick=dtick, tick0=0 if dtick else None)
+        # Our own log ticks: plotly's label 20 as "2" between decades, and crowd them.
+        self.figure.update_yaxes(tickvals=list(ticks) or None, ticktext=[tick_text(t) for t in ticks] or None,
+                                 row=1, col=2)
+        self._axes = axes
 
     def _draw_panel(self, view: tuple[Any, ...]) -> None:
         status, step = view[0], view[1]
@@ -238,13 +295,30 @@ class Dashboard:
         self.progress.bar_style = {S.FAILED: "danger", S.FINISHED: "success"}.get(status, "")
         self.progress_text.value = f"&nbsp;{step}/{max_steps}{self._eta(step, max_steps, status)}"
         self.status.value = self._status_html(status, step, max_steps)
-        self.stop_button.disabled = not status.live or status == S.STOPPING
-        self.pause_button.disabled = status not in (S.STARTING, S.RUNNING)
+        # An ended run shows its static record instead of the live charts (the same charts twice otherwise); Resume
+        # brings them back and clears the record. A reloaded page never gets the record: it keeps the charts.
+        self.charts.layout.display = "none" if status.ended and not self.figure.restored else None
+        if status.live and self._record_shown:
+            self._record_shown = False
+            self._record.update({"text/plain": ""})
+        waited_on = view[4]  # the kernel would act on a click only once the wait returns: no button then
+        self.stop_button.disabled = waited_on or not status.live or status == S.STOPPING
+        self.pause_button.disabled = waited_on or status not in (S.STARTING, S.RUNNING)
         # A finished run resumes only with more steps, which a button cannot ask for.
-        self.resume_button.disabled = status not in (S.PAUSING, S.PAUSED, S.STOPPED, S.FAILED, S.INTERRUPTED)
-        self.hint.value = ("<span style='color:#8a6d00'>Eval loss has risen for the last evaluations while train "
-                           "loss keeps falling: the model may be overfitting. Stop now, or set "
-                           "early_stopping_patience.</span>" if view[3] else "")
+        self.resume_button.disabled = waited_on or status not in (S.PAUSING, S.PAUSED, S.STOPPED, S.FAILED,
+                                                                  S.INTERRUPTED)
+        hints = [self._waiting_hint()] if waited_on and status.live else []
+        if view[3]:
+            hints.append("Eval loss has risen for the last evaluations while train loss keeps falling: the model "
+                         "may be overfitting. Stop now, or set early_stopping_patience.")
+        self.hint.value = "".join(f"<div class='slmnb-hint' style='color:#8a6d00'>{escape(h)}</div>" for h in hints)
+
+    def _waiting_hint(self) -> str:
+        if self._waiting_here:
+            return ("The cell waits for the run (--wait), so these buttons are off until it ends: the kernel's "
+                    "interrupt (■) stops and saves the run; the Fine-tuning runs panel's Stop acts at once.")
+        return ("A cell waits in run.wait(), so these buttons are off until it returns: the Fine-tuning runs "
+                "panel's Stop acts at once; the kernel's interrupt (■) ends the wait and training goes on.")
 
     def _eta(self, step: int, max_steps: int, status: str) -> str:
         paces = self._paces
@@ -262,6 +336,7 @@ class Dashboard:
         html = f"<div style='color:{colour}'>" + "<br>".join(escape(x) for x in lines) + "</div>"
         if self.note:
             html += f"<div style='color:#666'>{escape(self.note)}</div>"
+        html += "".join(f"<div style='color:#8a6d00'>{escape(w)}</div>" for w in self._warnings)
         if self._notice:
             html += f"<div style='color:#c62828'>{escape(self._notice)}</div>"
         return html
@@ -277,8 +352,8 @@ class Dashboard:
             # A run read from disk has no end event: its run.json has the time.
             seconds = ended.elapsed if ended else self._saved("elapsed")
             elapsed = clock(seconds) if isinstance(seconds, int | float) and seconds else None
-        if status == S.STARTING:
-            return ["Loading the model and the data..."]
+        if status == S.STARTING:  # the run says what takes long (a model's first use on this machine)
+            return [self.run.phase or "Loading the model and the data..."]
         if status == S.FAILED:
             reason = ended.reason if isinstance(ended, ev.Failed) else self._saved("reason")
             return [f"Failed at step {step}: {reason or 'see error.log in the run folder'}"]
@@ -296,7 +371,9 @@ class Dashboard:
         lines = [first]
         metrics = []
         if self.curves.loss:
-            metrics.append(f"train loss {self.curves.smoothed[-1]:.4f} (smoothed)")
+            # Both, labelled: the status bar and the runs panel show the last step's loss.
+            metrics.append(f"train loss {self.curves.smoothed[-1]:.4f} smoothed, {self.curves.loss[-1]:.4f} at "
+                           "the last step")
         if self.curves.eval_loss:
             metrics.append(f"eval loss {self.curves.eval_loss[-1]:.4f}, perplexity "
                            f"{ev.perplexity(self.curves.eval_loss[-1]):.3g}")
@@ -319,6 +396,35 @@ class Dashboard:
         lines = self.summary_lines()
         title = f"{self.run.name} ({self.run.config.model_name_or_path}, {self.run.config.method})"
         return {"image/svg+xml": render_svg(self.curves, title, lines), "text/plain": "\n".join([title, *lines])}
+
+
+@cache
+def live_figure_class() -> type:
+    """plotly's FigureWidget, whose state for a front end that (re)connects holds the traces as they are now.
+
+    FigureWidget sends each change as a restyle that only the front end applies to its copy; the kernel's
+    _widget_data keeps the first draw. A page reloaded while the kernel runs asks the kernel for the state, and
+    without this would draw empty charts.
+    """
+    import plotly.graph_objects as go
+
+    class LiveFigure(go.FigureWidget):
+        # Whether a front end asked for the whole state after the first display: a page reloaded while the kernel
+        # runs. That page cannot receive updates of the cell's other outputs (their display ids are gone).
+        restored = False
+
+        def get_state(self, key: Any = None, drop_defaults: bool = False) -> dict[str, Any]:
+            state = super().get_state(key=key, drop_defaults=drop_defaults)
+            # The first state goes out while plotly's __init__ still builds the figure: that one is as it is.
+            now = {"_widget_data": getattr(self, "_data", None), "_widget_layout": getattr(self, "_layout", None)}
+            if key is None and now["_widget_data"] is not None:
+                self.restored = True
+            for name, value in now.items():
+                if name in state and value is not None:
+                    state[name] = self.trait_metadata(name, "to_json")(value, self)
+            return state
+
+    return LiveFigure
 
 
 def dashboards_for(run: TrainingRun) -> list[Dashboard]:

@@ -64,8 +64,9 @@ def resume(runs: Runs, name: str, *, wait: bool = False, **overrides: Any) -> An
     run = runs.open(name)
     paused = run.status in (RunState.PAUSING, RunState.PAUSED)
     run.resume(**overrides)  # a finished run says how to train it longer
-    if paused:
-        return run  # its dashboard is still live where it was started
+    if paused:  # its dashboard is still live where it was started: say so, as this cell shows none
+        print(f"Resumed {run.name}: its dashboard, under the cell that started it, follows it again.")
+        return run
     dashboard = Dashboard(run).show()
     if wait:
         dashboard.wait()

@@ -16,6 +16,8 @@ from traitlets import Unicode, observe
 from slmnb.errors import SlmnbError
 from slmnb.notebook.parsing import SUBCOMMANDS, help_text, parse_cell_line, split_line
 
+HELP = {"-h", "--help"}
+
 
 @magics_class
 class FinetuneMagics(Magics):
@@ -46,6 +48,9 @@ class FinetuneMagics(Magics):
 
     def _finetune(self, line: str, cell: str | None) -> Any:
         tokens = split_line(line)
+        if cell is None and tokens and tokens[0] in SUBCOMMANDS and HELP.intersection(tokens[1:]):
+            print(help_text())  # it lists the subcommands too
+            return None
         if cell is None and tokens and tokens[0] in SUBCOMMANDS:
             from slmnb.notebook.commands import ROUTES
 
@@ -58,9 +63,10 @@ class FinetuneMagics(Magics):
 
         config = launch.cell_config(cell or "", args.overrides, self.default_model)
         if args.form:
-            from slmnb.notebook.form import ConfigForm
+            from slmnb.notebook.form import form_for_cell
 
-            return ConfigForm(config)
+            # The same form as slmnb.form(): the demo job, with this cell's body and options on top.
+            return form_for_cell(cell or "", args.overrides, self.default_model)
         if args.dry_run:
             from slmnb.data import preview
             from slmnb.notebook.views import DryRun
@@ -69,7 +75,9 @@ class FinetuneMagics(Magics):
         run = launch.start(self.runs, config, wait=args.wait)
         if args.var and self.shell is not None:
             self.shell.user_ns[args.var] = run
-        return run
+        # No value: the dashboard is the cell's live output, and a repr under it would be a stale snapshot. The run
+        # is in `-o NAME`, slmnb.active_run() and slmnb.load_run(name).
+        return None
 
 
 @magics_class
@@ -80,7 +88,7 @@ class OptMagics(Magics):
         from slmnb.notebook.opt_commands import ROUTES, USAGE
 
         tokens = split_line(line)
-        if not tokens or tokens[0] in ("-h", "--help", "help"):
+        if not tokens or tokens[0] == "help" or HELP.intersection(tokens):  # `%opt export --help` too
             print(USAGE)
             return None
         if tokens[0] not in ROUTES:

@@ -61,13 +61,14 @@ def adapters(args: list[str]) -> Any:
 
 def compare(args: list[str]) -> Any:
     from slmnb.notebook.opt_views import ComparisonView
-    from slmnb.opt.compare import prepare
+    from slmnb.opt.compare import check, prepare
     from slmnb.opt.inputs import open_runs
 
     options = _parse("compare", add_compare_options, args)
     wait, evaluate = options.pop("wait"), options.pop("evaluate")
-    runs = open_runs(options.pop("runs"))  # a wrong name is an error of this cell, at once
-    view = ComparisonView(lambda phase: prepare(runs, evaluate=evaluate, on_phase=phase, **options), evaluate)
+    # A wrong name, a run still training, a missing test split: an error of this cell at once, and no view.
+    plan = check(open_runs(options.pop("runs")), evaluate=evaluate, **options)
+    view = ComparisonView(lambda phase: prepare(plan, on_phase=phase), evaluate)
     if wait:
         view.wait()
     return view

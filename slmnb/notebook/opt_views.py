@@ -12,6 +12,7 @@ from collections.abc import Callable
 from html import escape
 from typing import Any
 
+from slmnb.errors import ExportError
 from slmnb.notebook.output import CellOutput
 from slmnb.notebook.views import html_table
 from slmnb.opt.store import Listed
@@ -77,11 +78,21 @@ class Background:
         return self.result
 
 
+class ExportStopped(ExportError):
+    """An export ended by its job's stop(): the builder was killed and its temp folder removed."""
+
+
 class ExportJob(Background):
-    """An export in a background thread, showing its phase and elapsed time; wait() gives the Export."""
+    """An export in a background thread, showing its phase and elapsed time; wait() gives the Export.
+
+    The kernel's interrupt does not reach the thread, so stop() (named in the view while it works) ends the export
+    at its next phase: the builder is killed and nothing half-written is kept.
+    """
 
     def __init__(self, run: Any, options: dict[str, Any]) -> None:
         self.run, self.name, self.options = run, run.name, options
+        self._stopped = False
+        self._stop_hint = _stop_hint()
         super().__init__(f"slmnb-export-{self.name}")
         # A ticker keeps the clock moving during the builder's long quantization phase, which prints nothing.
         threading.Thread(target=self._tick, daemon=True, name=f"slmnb-export-clock-{self.name}").start()
@@ -92,8 +103,15 @@ class ExportJob(Background):
         return export(self.run, on_phase=self._on_phase, **self.options)
 
     def _on_phase(self, text: str) -> None:
+        if self._stopped:  # raised inside the export, which kills the builder and removes its temp folder
+            raise ExportStopped(f"The export of {self.name} was stopped before it finished, and nothing of it was "
+                                "kept: export again to make it.")
         self.phase = text
         self.view.draw(*self._render())
+
+    def stop(self) -> None:
+        """End the export at its next phase (the builder's quantization can take a minute without one)."""
+        self._stopped = True
 
     def _tick(self) -> None:
         while not self.done:
@@ -102,6 +120,9 @@ class ExportJob(Background):
                 self.view.draw(*self._render())
 
     def _render(self) -> tuple[str, str]:
+        if isinstance(self.error, ExportStopped):
+            text = str(self.error)
+            return f"<div>{escape(text)}</div>", text
         if self.error is not None:
             text = f"Export of {self.name} failed: {self.error}"
             return f"<div style='color:#b00020'>{escape(text)}</div>", text
@@ -114,6 +135,10 @@ class ExportJob(Background):
             text = "; ".join(parts)
             return f"<div>{escape(text)}</div>", text
         text = f"Exporting {self.name} ({self.options.get('precision', 'int4')}): {self.phase}, {self._elapsed()}"
+        if self._stopped:
+            text += " (stopping at the next phase)"
+        else:
+            text += f" ({self._stop_hint})"
         return f"<div>{escape(text)}</div>", text
 
     def __repr__(self) -> str:
@@ -147,16 +172,27 @@ class ExportsTable:
 
 class ComparisonView(Background):
     """The side-by-side table, redrawn as tokens come. A background thread exports what is missing (showing
-    the phase), then fills the table; wait() gives the Comparison."""
+    the phase), then fills the table; wait() gives the Comparison.
+
+    The kernel's interrupt cannot reach that thread (the cell has returned), so the view names its own way to stop:
+    stop() on the cell's value, which it shows while it works.
+    """
 
     def __init__(self, prepare: Callable[[Callable[[str], None]], Any], evaluate: bool) -> None:
         self.comparison: Any = None
         self._prepare, self._evaluate = prepare, evaluate
+        self._stopped = False
+        self._stop_hint = _stop_hint()
         super().__init__("slmnb-compare")
 
     def _work(self) -> Any:
-        self.comparison = self._prepare(self._on_phase)
-        return self.comparison.fill(self._on_update, evaluate=self._evaluate)
+        comparison = self._prepare(self._on_phase)
+        if self._stopped:  # asked for while the exports ran: nothing is generated
+            comparison.status = "stopped"
+        self.comparison = comparison
+        if self._stopped:
+            return comparison
+        return comparison.fill(self._on_update, evaluate=self._evaluate)
 
     def _on_phase(self, text: str) -> None:
         self.phase = f"exporting {text}, {self._elapsed()}"
@@ -165,11 +201,17 @@ class ComparisonView(Background):
     def _on_update(self, comparison: Any, what: str) -> None:
         self.view.draw(*self._render(), final=what in ("status", "eval"))
 
-    def _render(self) -> tuple[str, str]:
+    def _status(self) -> str:
         c = self.comparison
-        status = c.status if c is not None else self.phase
         if self.error is not None:
-            status = f"failed: {self.error}"
+            return f"failed: {self.error}"
+        status = c.status if c is not None else self.phase
+        if self.result is None and status not in ("done", "stopped"):  # still working
+            status += f" ({self._stop_hint})"
+        return status
+
+    def _render(self) -> tuple[str, str]:
+        c, status = self.comparison, self._status()
         colour = "#b00020" if self.error is not None else "#555"
         html, text = f"<div style='color:{colour}'>{escape(status)}</div>", status
         if c is not None:
@@ -179,9 +221,24 @@ class ComparisonView(Background):
         return html, text
 
     def stop(self) -> None:
-        """End the generation after the current token; the table keeps what was written."""
+        """End the work: after the current token, or, while exporting, before generation starts. The table keeps
+        what was written."""
+        self._stopped = True
         if self.comparison is not None:
             self.comparison.stop()
 
     def __repr__(self) -> str:
+        if self.error is not None:
+            return f"<comparison failed: {self.error}>"
         return repr(self.comparison) if self.comparison is not None else f"<comparison: {self.phase}>"
+
+
+def _stop_hint() -> str:
+    """How to stop the view, naming the cell's output (the kernel's interrupt does not reach its thread)."""
+    from IPython import get_ipython
+
+    shell = get_ipython()
+    count = getattr(shell, "execution_count", None)
+    if isinstance(count, int) and count > 0:
+        return f"stop() on this cell's value ends it: Out[{count}].stop()"
+    return "its stop() ends it"

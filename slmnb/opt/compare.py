@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import random
 import threading
+import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,10 +21,15 @@ from slmnb.errors import ExportError
 from slmnb.opt.export import Export, export
 from slmnb.opt.inputs import open_run
 from slmnb.opt.runtime import Timing
+from slmnb.progress import progress, status_line
 from slmnb.text import text_table
 
 Update = Callable[["Comparison", str], None]
 DEFAULT_PROMPTS = 4  # rows of the test split shown when no prompts are given
+
+
+class _Stopped(Exception):
+    """A stop asked for while PyTorch answers the test split: raised from its progress callback."""
 
 
 @dataclass
@@ -95,7 +101,7 @@ class Comparison:
                     column.answers[i] = column.answers[i].strip()
                     notify(self, "cell")
             if evaluate:
-                self._evaluate(notify)
+                self._evaluate(notify, bars=on_update is None)
             self.status = "stopped" if self._stop.is_set() else "done"
         except BaseException as exc:
             self.error, self.status = exc, "failed"
@@ -104,27 +110,58 @@ class Comparison:
             notify(self, "status")
         return self
 
-    def _evaluate(self, notify: Update) -> None:
+    def _evaluate(self, notify: Update, bars: bool) -> None:
+        """Each column on the test split, counting rows: in the status line of a view (notify), or with a bar."""
         from slmnb.training.generate import first_word, score
 
         template = self.columns[0].export.run.config.response_template
+        total = len(self.test_rows)
         for column in self.columns:
-            self.status = f"evaluating {column.title} on {len(self.test_rows)} test rows"
-            notify(self, "status")
-            answers = []
-            for row in self.test_rows:
-                answers.append("".join(column.export.stream(row, 8, column.adapter, None, column.examples)).strip())
-                if self._stop.is_set():
-                    return
+            what = f"evaluating {column.title} on the test split"
+            answers: list[str] = []
+            with progress(total, what, show=bars) as bar:
+                started = time.perf_counter()
+                for row in self.test_rows:
+                    answers.append("".join(column.export.stream(row, 8, column.adapter, None, column.examples)
+                                           ).strip())
+                    bar.update()
+                    self._count(notify, what, len(answers), total, started)
+                    if self._stop.is_set():
+                        return
             column.accuracy = score(answers, self.test_rows, template).accuracy
             if column.run is not None or not column.examples:
                 # The same rows through PyTorch: what the ONNX export is meant to reproduce.
-                run = column.run or self.columns[0].export.run
-                reference = run.predict(self.test_rows, max_new_tokens=8, adapter=column.adapter)
+                reference = self._pytorch_answers(column, notify, bars)
+                if reference is None:
+                    return
                 column.pytorch_accuracy = score(reference, self.test_rows, template).accuracy
                 column.agreement = sum(first_word(a) == first_word(b) for a, b in zip(answers, reference, strict=True)
                                        ) / max(len(answers), 1)
             notify(self, "eval")
+
+    def _pytorch_answers(self, column: Column, notify: Update, bars: bool) -> list[str] | None:
+        """The test split through the run's PyTorch model (None when stopped midway)."""
+        run = column.run or self.columns[0].export.run
+        what, total, started = f"checking {column.title} against PyTorch", len(self.test_rows), time.perf_counter()
+
+        def counted(done: int, total: int) -> None:
+            self._count(notify, what, done, total, started, stoppable=True)
+
+        counted(0, total)
+        try:
+            answers: list[str] = run.predict(self.test_rows, max_new_tokens=8, adapter=column.adapter,
+                                             progress=True if bars else counted)
+        except _Stopped:
+            return None
+        return answers
+
+    def _count(self, notify: Update, what: str, done: int, total: int, started: float,
+               stoppable: bool = False) -> None:
+        """Rows done of total and the time left, in the status line (a view redraws it at most 4 times a second)."""
+        self.status = status_line(what, done, total, time.perf_counter() - started)
+        notify(self, "progress")
+        if stoppable and self._stop.is_set():
+            raise _Stopped  # leaves PyTorch's predict between two batches
 
     def summary_rows(self) -> list[list[str]]:
         """Speed per column, and the evaluation once it ran."""
@@ -159,24 +196,44 @@ def _pct(value: float | None) -> str:
     return "-" if value is None else f"{value:.1%}"
 
 
-def prepare(runs: Sequence[Any], prompts: Sequence[dict[str, Any] | str] | str | Path | None = None,
-            max_new_tokens: int = 64, few_shot: int = 0, evaluate: bool = False,
-            on_phase: Callable[[str], None] | None = None) -> Comparison:
-    """Export what is not exported yet and lay out the columns; nothing is generated here."""
+@dataclass
+class Plan:
+    """A comparison checked and ready to build: every mistake was found before the first export."""
+
+    items: list[Any]  # what was handed over: runs, or Exports
+    runs: list[Any]
+    prompts: list[dict[str, Any] | str]
+    test_rows: list[dict[str, Any]]
+    examples: list[dict[str, Any]]
+    max_new_tokens: int
+
+
+def check(runs: Sequence[Any] | Any, prompts: Sequence[dict[str, Any] | str] | str | Path | None = None,
+          max_new_tokens: int = 64, few_shot: int = 0, evaluate: bool = False) -> Plan:
+    """Everything that can be wrong, in one sentence, before the exports (most of a minute) and generation.
+
+    Cheap (configs, data files, adapter headers), so `%opt compare` calls it in the cell: a refusal known up
+    front is the cell's error, never a view that starts and then says failed.
+    """
     import slmnb
     from slmnb.datafiles import read_splits
+    from slmnb.opt.export import exportable
 
     if isinstance(runs, str | Path | slmnb.TrainingRun | Export):
         runs = [runs]
-    runs = list(runs) if isinstance(runs, Iterable) else []
-    if not runs:
+    items = list(runs) if isinstance(runs, Iterable) else []
+    if not items:
         raise ExportError("Name at least one run to compare with its base model.")
-    # Everything that can be wrong is checked before the first export, which takes most of a minute.
     _check_count("max_new_tokens", max_new_tokens, 1)
     _check_count("few_shot", few_shot, 0)
-    trained = [item.run if isinstance(item, Export) else open_run(item) for item in runs]
+    trained = [item.run if isinstance(item, Export) else open_run(item) for item in items]
     if any(run is None for run in trained):
         raise ExportError("compare needs runs (or their exports), whose prompt templates it uses.")
+    for item, run in zip(items, trained, strict=True):
+        if run.status.live:
+            raise ExportError(f"Run {run.name!r} is still training: wait for it (run.wait()) or stop it, then compare.")
+        if not isinstance(item, Export):
+            exportable(run)  # no saved adapter, say: said now, not after a minute in the background
     config = trained[0].config
     splits = read_splits(config)
     test_rows = splits.get("test", [])
@@ -188,20 +245,26 @@ def prepare(runs: Sequence[Any], prompts: Sequence[dict[str, Any] | str] | str |
     train = list(splits.get("train", []))
     if len(train) < few_shot:
         raise ExportError(f"few_shot={few_shot} needs that many training rows; the run has {len(train)}.")
-    rows = _prompts(prompts, test_rows or train)
+    examples = random.Random(0).sample(train, few_shot) if few_shot else []
+    return Plan(items, trained, _prompts(prompts, test_rows or train), test_rows, examples, max_new_tokens)
 
+
+def prepare(runs: Sequence[Any] | Any | Plan, prompts: Sequence[dict[str, Any] | str] | str | Path | None = None,
+            max_new_tokens: int = 64, few_shot: int = 0, evaluate: bool = False,
+            on_phase: Callable[[str], None] | None = None) -> Comparison:
+    """Export what is not exported yet and lay out the columns (of a checked Plan); nothing is generated here."""
+    plan = runs if isinstance(runs, Plan) else check(runs, prompts, max_new_tokens, few_shot, evaluate)
     exports = [item if isinstance(item, Export) else export(run, on_phase=_named_phase(run.name, on_phase))
-               for item, run in zip(runs, trained, strict=True)]
+               for item, run in zip(plan.items, plan.runs, strict=True)]
     first = exports[0]
     if first.merged:
         raise ExportError(f"{first.folder} is a merged export with no base model inside: compare runs exported "
                           "with adapters='switchable'.")
     columns = [Column("base model", first, adapter=False)]
     columns += [Column(e.run.name, e, adapter=True, run=e.run) for e in exports]
-    if few_shot:
-        examples = random.Random(0).sample(train, few_shot)
-        columns.append(Column(f"base, {few_shot}-shot", first, adapter=False, examples=examples))
-    return Comparison(rows, columns, test_rows, max_new_tokens)
+    if plan.examples:
+        columns.append(Column(f"base, {len(plan.examples)}-shot", first, adapter=False, examples=plan.examples))
+    return Comparison(plan.prompts, columns, plan.test_rows, plan.max_new_tokens)
 
 
 def _named_phase(name: str, on_phase: Callable[[str], None] | None) -> Callable[[str], None] | None:

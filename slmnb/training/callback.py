@@ -6,7 +6,6 @@ It talks to its run through `Sink` only, and never prints.
 from __future__ import annotations
 
 import math
-import time
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -50,13 +49,15 @@ def make_callback(sink: Sink, config: FinetuneConfig, run_dir: Path, dropped: in
 
     class EventCallback(TrainerCallback):
         def __init__(self) -> None:
-            self.last_log = (time.perf_counter(), 0)
+            # (run time, tokens seen) at the last log. The run's clock leaves out paused time, so a step
+            # after Resume is not measured over the pause.
+            self.last_log = (sink.elapsed(), 0)
 
         def on_train_begin(self, args, state, control, **kw):  # type: ignore[no-untyped-def]
             sink.emit(ev.Started(step=state.global_step, elapsed=sink.elapsed(), name=config.name or "",
                                  max_steps=state.max_steps, precision="bf16" if args.bf16 else "fp32",
                                  output_dir=str(run_dir), dropped_rows=dropped, notes=notes))
-            self.last_log = (time.perf_counter(), state.num_input_tokens_seen)
+            self.last_log = (sink.elapsed(), state.num_input_tokens_seen)
 
         def on_step_begin(self, args, state, control, **kw):  # type: ignore[no-untyped-def]
             sink.hold_if_paused(state.global_step)
@@ -79,7 +80,7 @@ def make_callback(sink: Sink, config: FinetuneConfig, run_dir: Path, dropped: in
 
         def on_log(self, args, state, control, logs=None, **kw):  # type: ignore[no-untyped-def]
             logs = logs or {}
-            now = time.perf_counter()
+            now = sink.elapsed()
             if "loss" in logs:
                 loss, grad = float(logs["loss"]), logs.get("grad_norm")
                 if not math.isfinite(loss) or (grad is not None and not math.isfinite(float(grad))):

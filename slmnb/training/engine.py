@@ -7,6 +7,7 @@ The config arrives settled (slmnb.training.prepare) and is never changed here. T
 from __future__ import annotations
 
 import os
+import traceback
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,7 +15,7 @@ from typing import Any
 from slmnb import data as data_mod
 from slmnb.config import FinetuneConfig
 from slmnb.errors import ConfigError
-from slmnb.models import load_model, load_tokenizer, quiet_libraries
+from slmnb.models import load_model, load_tokenizer, quiet_libraries, release_memory
 from slmnb.training.arguments import plan_steps, training_arguments
 from slmnb.training.callback import Sink, diverged, make_callback, weights_finite
 from slmnb.training.runfiles import RunFolder
@@ -127,7 +128,24 @@ class Result:
 
 def train(config: FinetuneConfig, rows: data_mod.Data, folder: RunFolder, sink: Sink,
           resume_from: Path | None, notes: tuple[str, ...] = ()) -> Result:
-    """Train and save the adapter (or model). A stop asked for while tokenizing ends at once, with nothing saved."""
+    """Train and save the adapter (or model). A stop asked for while tokenizing ends at once, with nothing saved.
+
+    Whatever the outcome, nothing of the job outlives it: the model, Trainer and optimizer are freed, and the memory
+    they used goes back to the system (a notebook kernel trains again, predicts and compares in the same process).
+    """
+    try:
+        return _train(config, rows, folder, sink, resume_from, notes)
+    except BaseException as exc:
+        # The run keeps the exception to report it; its traceback's frames would keep the model, the Trainer and
+        # the optimizer's state alive with it. The frames' code and line numbers stay, so it still prints.
+        _clear_frames(exc)
+        raise
+    finally:
+        release_memory()
+
+
+def _train(config: FinetuneConfig, rows: data_mod.Data, folder: RunFolder, sink: Sink,
+           resume_from: Path | None, notes: tuple[str, ...]) -> Result:
     from slmnb.training.run import StopNow
 
     quiet_libraries()
@@ -183,6 +201,15 @@ def _save_checkpoint(trainer: Any) -> None:
         return
     # Trainer has no public way to checkpoint outside its loop; this is the method its loop calls.
     trainer._save_checkpoint(trainer.model, trial=None)
+
+
+def _clear_frames(exc: BaseException) -> None:
+    seen: set[int] = set()
+    link: BaseException | None = exc
+    while link is not None and id(link) not in seen:  # the exceptions it was raised from or during, too
+        seen.add(id(link))
+        traceback.clear_frames(link.__traceback__)
+        link = link.__cause__ or link.__context__
 
 
 def _has_cuda() -> bool:

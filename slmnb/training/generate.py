@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import string
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,9 @@ from slmnb.config import FinetuneConfig
 from slmnb.data import prompt_ids, render
 from slmnb.errors import RunError
 from slmnb.models import load_model, load_tokenizer, quiet_libraries
+from slmnb.progress import progress as progress_bar
+
+RowsDone = Callable[[int, int], None]
 
 
 class Predictor:
@@ -24,33 +28,63 @@ class Predictor:
         self._models: dict[bool, Any] = {}
 
     def predict(self, rows: Sequence[dict[str, Any] | str], max_new_tokens: int = 32, adapter: bool = True,
-                batch_size: int = 8) -> list[str]:
+                batch_size: int = 8, progress: bool | RowsDone = True, label: str = "predict") -> list[str]:
+        """Greedy answers in the rows' order. progress=True shows a bar when there is more than one batch or the
+        model is still to load; a function is called as progress(done, total) instead, for code that draws its own
+        (a view's thread, where a bar would land in whichever cell runs then).
+
+        Ctrl-C (the kernel's interrupt) stops between two tokens; nothing is written, so the next call just works.
+        """
         quiet_libraries()  # before peft's import pulls in bitsandbytes
+        show = progress is True and (len(rows) > batch_size or self._key(adapter) not in self._models)
+        what = label if adapter else f"{label} (base model)"
+        with progress_bar(len(rows), f"{what}: loading the model", show=show) as bar:
+            model, tokenizer = self._model(adapter), self._tok()
+            bar.set_description_str(what)
+            prompts = [prompt_ids(self.config, tokenizer, row) for row in rows]
+            # Rows of similar length share a batch, so less of each batch is padding the model computes for nothing.
+            order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+            answers: list[str] = [""] * len(prompts)
+            with inference_threads():
+                for start in range(0, len(order), batch_size):
+                    batch = order[start:start + batch_size]
+                    for i, answer in zip(batch, self._generate(model, [prompts[i] for i in batch], max_new_tokens),
+                                         strict=True):
+                        answers[i] = answer
+                    bar.update(len(batch))
+                    if callable(progress):
+                        progress(start + len(batch), len(order))
+        return answers
+
+    def _generate(self, model: Any, batch: list[list[int]], max_new_tokens: int) -> list[str]:
         import torch
 
-        model, tokenizer = self._model(adapter), self._tok()
-        prompts = [prompt_ids(self.config, self._tok(), row) for row in rows]
-        answers: list[str] = []
-        for start in range(0, len(prompts), batch_size):
-            batch = prompts[start:start + batch_size]
-            width = max(len(p) for p in batch)
-            # Left padding keeps every prompt's last token at the end, where generation continues.
-            ids = torch.tensor([[tokenizer.pad_token_id] * (width - len(p)) + p for p in batch])
-            mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in batch])
-            with torch.inference_mode():
-                out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens,
-                                     do_sample=False, pad_token_id=tokenizer.pad_token_id)
-            answers.extend(tokenizer.decode(row[width:], skip_special_tokens=True).strip() for row in out)
-        return answers
+        tokenizer = self._tok()
+        width = max(len(p) for p in batch)
+        # Left padding keeps every prompt's last token at the end, where generation continues.
+        ids = torch.tensor([[tokenizer.pad_token_id] * (width - len(p)) + p for p in batch])
+        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in batch])
+        with torch.inference_mode():
+            out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens,
+                                 do_sample=False, pad_token_id=tokenizer.pad_token_id)
+        return [tokenizer.decode(row[width:], skip_special_tokens=True).strip() for row in out]
+
+    def release(self) -> None:
+        """Drop the loaded models (hundreds of MB each); the next predict loads them again."""
+        self._models.clear()
+        self._tokenizer = None
 
     def _tok(self) -> Any:
         if self._tokenizer is None:
             self._tokenizer = load_tokenizer(self.config.model_name_or_path)
         return self._tokenizer
 
-    def _model(self, adapter: bool) -> Any:
+    def _key(self, adapter: bool) -> bool:
         # LoRA runs share one model: the adapter is switched off for base answers instead of loading twice.
-        key = adapter if self.config.method == "full" else True
+        return adapter if self.config.method == "full" else True
+
+    def _model(self, adapter: bool) -> Any:
+        key = self._key(adapter)
         if key in self._models:
             model = self._models[key]
         else:
@@ -99,3 +133,22 @@ def score(answers: Sequence[str], rows: Sequence[dict[str, Any]], response_templ
     expected = [render(response_template, row, "response_template") for row in rows]
     hits = sum(first_word(a) == first_word(e) for a, e in zip(answers, expected, strict=True))
     return Score(accuracy=hits / max(len(rows), 1), answers=list(answers), expected=expected, rows=list(rows))
+
+
+@contextmanager
+def inference_threads() -> Iterator[None]:
+    """Generate with one torch thread, then give the caller back its thread count.
+
+    Greedy decoding of a small model runs thousands of short parallel regions, and with two OpenMP threads each one
+    waits until both are scheduled. On a 2-core machine that a notebook shares with its browser and server (or a
+    Binder session with its neighbours), that wait dominated: the tones test split (48 rows, SmolLM2-135M + LoRA)
+    scored in 33 s on one thread against 124-186 s on two, in one process on a loaded machine.
+    """
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

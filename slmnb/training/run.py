@@ -13,7 +13,8 @@ import os
 import threading
 import time
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
@@ -39,12 +40,21 @@ class StopNow(Exception):
     """Raised inside the training thread to leave tokenization or evaluation at once when a stop is asked for."""
 
 
+class WaitInterrupted(RunError, KeyboardInterrupt):
+    """The kernel's interrupt (or Ctrl-C) ended a wait() while the run trains on.
+
+    Still a KeyboardInterrupt, so run-all stops at this cell and scripts stop as for any Ctrl-C; a RunError, so
+    IPython shows its one sentence instead of a traceback through threading's frames.
+    """
+
+
 class TrainingRun:
     def __init__(self, config: FinetuneConfig, folder: RunFolder, status: RunState = RunState.CREATED) -> None:
         self.config = config
         self.folder = folder
         self.history: list[ev.Event] = []
         self.status = status
+        self.phase: str | None = None  # what a STARTING run is busy with, when it takes long (the dashboard says it)
         self._listeners: list[Listener] = []
         self._lock = threading.RLock()
         self._stop = threading.Event()
@@ -60,6 +70,7 @@ class TrainingRun:
         self._last_request_check = 0.0
         self._latest: dict[str, float] = {}  # the last loss, eval loss and perplexity, for run.json
         self._record_failed = False
+        self._waiters = 0  # cells blocked in wait() on this run: the kernel hears no widget clicks meanwhile
         # Under torchrun every rank trains, but only rank 0 writes the run folder.
         self._writer = int(os.environ.get("RANK", "0")) == 0
 
@@ -104,7 +115,9 @@ class TrainingRun:
         return self._error
 
     def __repr__(self) -> str:
-        return f"<TrainingRun {self.name!r} {self.status} step {self.step}/{self.max_steps or '?'} in {self.dir}>"
+        # A repr is a snapshot that stays in the cell's output: it says when it was taken, not to read as live.
+        return (f"<TrainingRun {self.name!r}: {self.status} at step {self.step}/{self.max_steps or '?'} as of "
+                f"{time.strftime('%H:%M:%S')}, in {self.dir}>")
 
     def _saved_state(self) -> dict[str, Any]:
         try:
@@ -284,11 +297,42 @@ class TrainingRun:
                            f"{', '.join(RESUMABLE_FIELDS)} can): start a new run for that.")
         return config
 
+    @property
+    def waited_on(self) -> bool:
+        """True while a cell blocks in wait() on this run: its kernel handles no widget click until that returns."""
+        return self._waiters > 0
+
+    @contextmanager
+    def waiting(self) -> Iterator[None]:
+        """Mark a blocking wait for its whole length: a loop of short wait(timeout) calls stays marked throughout."""
+        with self._lock:
+            self._waiters += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._waiters -= 1
+
     def wait(self, timeout: float | None = None) -> TrainingRun:
-        """Block until the run ends (or timeout seconds pass); a failed run raises its one-sentence reason."""
+        """Block until the run ends (or timeout seconds pass); a failed run raises its one-sentence reason.
+
+        While it blocks, dashboards disable their buttons (the kernel would only act on a click after the wait).
+        The kernel's interrupt ends the wait with WaitInterrupted and the run trains on.
+        """
         thread = self._thread
         if thread is not None:
-            thread.join(timeout)
+            deadline = None if timeout is None else time.monotonic() + timeout
+            with self.waiting():
+                try:
+                    # Short sleeps, not thread.join(): on Python 3.11 an interrupt inside join() marks the thread
+                    # as ended while it still trains (threading's _wait_for_tstate_lock releases its lock).
+                    while thread.is_alive() and (deadline is None or time.monotonic() < deadline):
+                        time.sleep(0.05)
+                except KeyboardInterrupt:
+                    if not thread.is_alive():
+                        raise
+                    raise WaitInterrupted(f"Stopped waiting for run {self.name!r}, which trains on: its "
+                                          "dashboard's buttons work again, and run.wait() waits again.") from None
         if self._error is not None and not self.alive:
             if isinstance(self._error, SlmnbError):
                 raise self._error
@@ -298,18 +342,30 @@ class TrainingRun:
     # --- using the result ---------------------------------------------------------------------------
 
     def predict(self, rows: Sequence[dict[str, Any] | str], max_new_tokens: int = 32,
-                adapter: bool = True) -> list[str]:
+                adapter: bool = True, progress: bool | Callable[[int, int], None] = True) -> list[str]:
         """Greedy completions of rows rendered with the run's prompt template (adapter=False: the base model).
 
-        A row may also be a plain string, used as the prompt's text as is.
+        A row may also be a plain string, used as the prompt's text as is. Over more than one batch a bar shows
+        rows done of total and the time left (progress=False hides it, a function gets (done, total) instead); the
+        kernel's interrupt stops it cleanly.
+        The model stays loaded for the next call: release() frees it.
         """
+        return self._loaded().predict(rows, max_new_tokens=max_new_tokens, adapter=adapter, progress=progress)
+
+    def _loaded(self) -> Any:
         from slmnb.training.generate import Predictor
 
         if self._predictor is None:
             self._predictor = Predictor(self.config, self.output_path)
-        return self._predictor.predict(rows, max_new_tokens=max_new_tokens, adapter=adapter)
+        return self._predictor
 
-    def score(self, split: str = "test", adapter: bool = True, max_new_tokens: int = 8) -> Any:
+    def release(self) -> None:
+        """Free the models that predict() and score() keep loaded (the next call loads them again)."""
+        self._predictor = None
+        gc.collect()
+
+    def score(self, split: str = "test", adapter: bool = True, max_new_tokens: int = 8,
+              progress: bool | Callable[[int, int], None] = True) -> Any:
         """Greedy answers to a split of the run's data (slices work: test[:20]), scored by their first word.
 
         This is the accuracy of a classification-style task, such as the bundled tones.
@@ -322,15 +378,17 @@ class TrainingRun:
         if not self.config.response_template:
             raise RunError("score() compares answers with the response_template, and this run has none: use "
                            "predict() and compare the answers yourself.")
-        answers = self.predict(rows, max_new_tokens=max_new_tokens, adapter=adapter)
+        answers = self._loaded().predict(rows, max_new_tokens=max_new_tokens, adapter=adapter, progress=progress,
+                                         label=f"score {split}")
         return score(answers, rows, self.config.response_template)
 
     # --- the thread ---------------------------------------------------------------------------------
 
     def _launch(self, data: Data, checkpoint: Path | None, notes: Sequence[str] = (),
-                config: FinetuneConfig | None = None) -> None:
+                config: FinetuneConfig | None = None, settle: bool = False) -> None:
         """Claim this process's training slot and the folder's lock, then start the thread (with `config`, a
-        resume's changed config, written only once the folder is ours)."""
+        resume's changed config, written only once the folder is ours; `settle`: the model is built and the
+        config settled against it in the thread, see Runs.start)."""
         if self.alive:
             raise RunError(f"Run {self.name!r} is training already: pause or stop it with its buttons or methods.")
         TRAINING.claim(self)
@@ -358,18 +416,24 @@ class TrainingRun:
                 self.folder.take_stop_request()  # a request left for an earlier session of this run is stale
                 self.folder.update_state(status=str(RunState.STARTING), name=self.name, started_at=time.time(),
                                          pid=os.getpid(), reason=None, ended_at=None)
+            if settle:  # set before the thread starts, so the dashboard shown next says it at once
+                self.phase = (f"Preparing {self.config.model_name_or_path} for its first use on this machine "
+                              "(about 30 s, once): converting its weights...")
             release_openmp_pool()  # this thread's idle pool would slow the training thread's (see openmp.py)
-            self._thread = threading.Thread(target=self._work, args=(data, checkpoint, tuple(notes)), daemon=True,
+            self._thread = threading.Thread(target=self._work, args=(data, checkpoint, tuple(notes), settle),
+                                            daemon=True,
                                             name=f"slmnb-{self.name}")
             self._thread.start()
         except BaseException:
             self._release()
             raise
 
-    def _work(self, data: Data, checkpoint: Path | None, notes: tuple[str, ...]) -> None:
+    def _work(self, data: Data, checkpoint: Path | None, notes: tuple[str, ...], settle: bool) -> None:
         from slmnb.training import engine
 
         try:
+            if settle:
+                self._settle()
             result = engine.train(self.config, data, self.folder, self, checkpoint, notes)
             output = str(result.output or "")
             if result.outcome == "stopped":
@@ -393,6 +457,21 @@ class TrainingRun:
         finally:
             self._release()
             gc.collect()
+
+    def _settle(self) -> None:
+        """Build the model on its first use, with a phase the dashboard shows, then settle the config against it."""
+        from slmnb.models import quiet_libraries
+        from slmnb.training.prepare import settled_fields
+
+        quiet_libraries()  # the conversion's progress bars would land in whichever cell runs at the time
+        try:
+            settled = settled_fields(self.config)
+        finally:
+            self.phase = None
+        if settled:
+            self.config = self.config.replace(**settled)
+            if self._writer:
+                self.folder.write_config(self.config)
 
     def _release(self) -> None:
         if self._folder_lock is not None:

@@ -43,6 +43,8 @@ class Runs:
 
         Every mistake raises a one-sentence SlmnbError before any folder is made or thread started.
         """
+        from slmnb.checks import config_warnings
+        from slmnb.models import needs_building
         from slmnb.training.prepare import settled_fields
 
         TRAINING.check_free()
@@ -59,15 +61,20 @@ class Runs:
             raise RunError(f"Run folder {folder.path} exists already: choose another name, or resume that run "
                            "(resume=True, --resume, or %finetune resume NAME).")
         data = load_data(config)
-        settled = settled_fields(config)
-        config = config.replace(**settled) if settled else config
+        # The embedded model's first use converts its GGUF (about 30 s, once per machine): that belongs under the
+        # dashboard, in the training thread, and the checks that read the model's layers follow it there.
+        settle_later = needs_building(config.model_name_or_path)
+        if not settle_later:
+            settled = settled_fields(config)
+            config = config.replace(**settled) if settled else config
         if writer:
             folder.create(config)
         run = TrainingRun(config, folder)
         self._started[folder.path.resolve()] = run
         for listener in listeners:
             run.subscribe(listener)
-        run._launch(data, checkpoint=None)
+        # Likely mistakes (learning_rate: 5) train as asked, and every front end says so: they are the notes.
+        run._launch(data, checkpoint=None, notes=config_warnings(config), settle=settle_later)
         return run
 
     def resume(self, name_or_dir: str | Path, *, listeners: Iterable[Listener] = (), **overrides: Any) -> TrainingRun:
