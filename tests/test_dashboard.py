@@ -222,7 +222,9 @@ def test_tokens_per_second_leave_out_paused_time(workdir: Path, tiny: dict) -> N
     run.wait()
     rates = {e.step: e.tokens_per_second for e in run.history if isinstance(e, ev.Step)}
     others = sorted(rate for s, rate in rates.items() if s not in (1, held + 1))
-    assert rates[held + 1] > others[len(others) // 2] / 3, (held, rates)
+    # Counting the 2 s pause would make that step's rate hundreds of times lower than a tiny-model step's (8 vs 75
+    # measured); a loaded machine makes single steps a few times slower, so the bound is loose on purpose.
+    assert rates[held + 1] > others[len(others) // 2] / 20, (held, rates)
 
 
 def test_repr_says_when_it_was_taken(run: TrainingRun) -> None:

@@ -167,8 +167,8 @@ def test_the_magic_and_the_cli_resume_the_same_way(ip, workdir: Path, tiny: dict
     slmnb.finetune(tiny, name="both", max_steps=2).wait()
     with pytest.raises(UsageError, match="already reached step 2 of max_steps 2: to train it longer"):
         ip.run_line_magic("finetune", "resume both")
-    run = ip.run_line_magic("finetune", "resume both --max_steps 3 --wait")
-    assert run.step == 3
+    assert ip.run_line_magic("finetune", "resume both --max_steps 3 --wait") is None  # the dashboard shows it
+    assert slmnb.load_run("both").step == 3
     assert main(["finetune", "--name", "both", "--resume", "--max_steps", "3"]) == 2
     assert "already reached step 3 of max_steps 3" in capsys.readouterr().err
     assert main(["finetune", "--name", "both", "--resume", "--max_steps", "4"]) == 0

@@ -361,8 +361,10 @@ class TrainingRun:
 
     def release(self) -> None:
         """Free the models that predict() and score() keep loaded (the next call loads them again)."""
+        from slmnb.models import release_memory
+
         self._predictor = None
-        gc.collect()
+        release_memory()  # collect, and give the freed heap back to the system (glibc keeps it otherwise)
 
     def score(self, split: str = "test", adapter: bool = True, max_new_tokens: int = 8,
               progress: bool | Callable[[int, int], None] = True) -> Any:
@@ -406,6 +408,8 @@ class TrainingRun:
             self.history = [ev.from_metric(r) for r in kept]
             elapsed = self._saved_state().get("elapsed") if checkpoint else 0.0
             self._clock = (time.perf_counter(), float(elapsed) if isinstance(elapsed, int | float) else 0.0)
+            # Training changes the weights: models predict() loaded before would answer from the old ones.
+            self._predictor = None
             self._stop.clear()
             self._unpaused.set()
             self._error = None
