@@ -59,6 +59,7 @@ bench: setup
 	$(BIN)/python bench/bench_kernel.py
 	$(BIN)/python bench/bench_export.py
 	$(BIN)/python bench/bench_memory.py
+	$(BIN)/python bench/bench_fidelity.py --merged
 
 clean:
 	rm -rf $(VENV) .cache runs .pytest_cache .mypy_cache .ruff_cache test-artifacts slmnb/labextension \

@@ -3,14 +3,14 @@
 A real ipykernel is started with jupyter_client, as JupyterLab would, and the kernel process's resident set size
 (RSS, from /proc through psutil) is sampled every 50 ms from this process. Each scenario gets a fresh kernel:
 
-- default: the quickstart notebook's training cell (embedded model, tones, LoRA all-linear r=16, batch 16,
-  max_seq_len 96) with its live dashboard, then `run.wait()`; then a second run of the same
-  cell in the same kernel, then a resume of the first run for a few more steps. Peak RSS during each, and the RSS
-  once each has ended (the kernel idle, a settled reading): a run that has ended should leave nothing behind.
-- halves, quarters: the same cell with the batch of 16 taken as two of 8, or four of 4 (gradient accumulation:
-  the same 16 rows per optimizer step): its peak.
-- low_memory: the same cell with the low-memory setting the README documents (4 rows at a time, accumulated to
-  16, and gradient checkpointing): its peak.
+- default: the quickstart notebook's training cell (the demo job, slmnb.demo.DEMO_CONFIG: embedded model, tones,
+  LoRA all-linear r=16, 4 rows at a time accumulated to 16 per step, max_seq_len 96) with its live dashboard, then
+  `run.wait()`; then a second run of the same cell in the same kernel, then a resume of the first run for a few more
+  steps. Peak RSS during each, and the RSS once each has ended (the kernel idle, a settled reading): a run that has
+  ended should leave nothing behind.
+- batch16, halves: the same cell with the 16 rows of a step taken at once, or as two of 8: its peak.
+- low_memory: the same cell with the low-memory setting the README documents (the demo job plus gradient
+  checkpointing): its peak.
 
 max_steps is capped (see STEPS), with an evaluation every half of it: the peak comes with the first optimizer step,
 and the steps after that repeat the same allocations. Timings are not the point here (the machine is shared).
@@ -35,19 +35,16 @@ import psutil
 import yaml
 from jupyter_client.manager import KernelManager
 
-# The quickstart's training cell (notebooks/01-quickstart.ipynb), with max_steps capped for the benchmark.
-QUICKSTART = {
-    "model_name_or_path": "smollm2-135m-instruct", "data_name": "tones", "use_chat_template": True,
-    "method": "lora", "target_modules": "all-linear", "lora_r": 16, "lora_alpha": 32, "learning_rate": 3e-3,
-    "max_steps": 60, "per_device_train_batch_size": 16, "max_seq_len": 96, "eval_steps": 10,
-}
-# Other settings of the same job, each in a fresh kernel (peak only). Both keep 16 rows per optimizer step.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from slmnb.demo import DEMO_CONFIG  # the quickstart's training cell is the demo job
+
+QUICKSTART = dict(DEMO_CONFIG)
+# Other settings of the same job, each in a fresh kernel (peak only). All keep 16 rows per optimizer step.
 SETTINGS = {
-    # The batch in two halves: half the activations, the same gradient.
+    "batch16": {"per_device_train_batch_size": 16, "gradient_accumulation_steps": 1},
     "halves": {"per_device_train_batch_size": 8, "gradient_accumulation_steps": 2},
-    "quarters": {"per_device_train_batch_size": 4, "gradient_accumulation_steps": 4},
-    # The low-memory setting the README documents: 4 rows at a time, activations recomputed in the backward pass.
-    "low_memory": {"per_device_train_batch_size": 4, "gradient_accumulation_steps": 4, "gradient_checkpointing": True},
+    # The low-memory setting the README documents: activations recomputed in the backward pass.
+    "low_memory": {"gradient_checkpointing": True},
 }
 STEPS = 4  # with evaluations at steps 2 and 4: the peak comes with the first step, later steps repeat it
 RESUME_STEPS = 2  # steps the resume adds

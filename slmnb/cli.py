@@ -59,7 +59,8 @@ class ProgressBar:
     def __call__(self, event: ev.Event) -> None:
         if isinstance(event, ev.Started):
             self.max_steps = event.max_steps
-            self._line(f"training {event.name} ({event.precision}) from step {event.step}", final=True)
+            base = ", on the int4 base" if event.base_weights == "int4" else ""
+            self._line(f"training {event.name} ({event.precision}{base}) from step {event.step}", final=True)
             for note in event.notes:
                 if note not in self.warned:
                     self._line(f"note: {note}", final=True)
@@ -115,8 +116,13 @@ def run_finetune(options: dict[str, Any]) -> int:
             for warning in config_warnings(source):
                 bar.warn(warning)
     run = finetune(source, resume=resume, listeners=listeners, **options)
+    shown = None
     try:
         while run.alive:
+            if run.phase != shown and rank0:  # a model's first use takes a minute before the first step
+                shown = run.phase
+                if shown:
+                    print(shown, file=sys.stderr, flush=True)
             run.wait(0.2)  # short waits keep Ctrl-C responsive
     except KeyboardInterrupt:
         if rank0:
@@ -147,6 +153,8 @@ def run_export(options: dict[str, Any]) -> int:
     result = export(options.pop("run"), on_phase=phase, **options)
     print(f"exported to {result.folder} ({result.size_mb:.0f} MB)" +
           (f", adapter {result.adapter}" if result.adapter else "") + f" in {result.seconds:.1f} s")
+    if result.fidelity:
+        print(f"note: {result.fidelity}", file=sys.stderr)
     return 0
 
 

@@ -25,6 +25,7 @@ from slmnb.errors import ConfigError
 
 METHODS = ("lora", "qlora", "full")
 PRECISIONS = ("auto", "bf16", "fp32")
+BASE_WEIGHTS = ("auto", "int4", "original")
 SCHEDULERS = (
     "linear", "cosine", "cosine_with_restarts", "cosine_with_min_lr", "polynomial", "constant",
     "constant_with_warmup", "inverse_sqrt", "warmup_stable_decay",
@@ -62,6 +63,10 @@ class FinetuneConfig:
     target_modules: list[str] | None = _opt(
         None, "Modules that get LoRA weights: a list, 'all-linear', or empty for q_proj + v_proj (else all-linear).",
         "strs")
+    base_weights: str = _opt(
+        "auto", "The base weights LoRA trains on: int4 (as the default int4 ONNX export stores them, so the export "
+        "answers as the fine-tune does), original, or auto (int4 for lora, original for qlora and full).", "str",
+        choices=BASE_WEIGHTS)
     # data
     data_name: str | None = _opt(
         None, "A bundled dataset name (tones) or the path of a folder saved with datasets' save_to_disk.", "str")
@@ -124,6 +129,10 @@ class FinetuneConfig:
         if self.use_chat_template and self.text_template:
             raise ConfigError("use_chat_template needs prompt_template and response_template instead of "
                               "text_template, so the prompt becomes the user message and the response the answer.")
+        if self.base_weights == "int4" and self.method != "lora":
+            raise ConfigError(f"base_weights int4 is for method lora: {self.method} "
+                              + ("trains on its own 4-bit base" if self.method == "qlora" else "changes every weight")
+                              + "; set base_weights to original or auto.")
         if self.name is not None:
             check_name(self.name)
 

@@ -71,6 +71,10 @@ def test_comma_separated_lists() -> None:
         ({"prompt_template": "{a}"}, "prompt_template and response_template go together: add response_template."),
         ({"use_chat_template": True, "text_template": "{a}"}, "use_chat_template needs prompt_template"),
         ({"name": "my run/1"}, "name 'my run/1' can only use letters, digits"),
+        ({"base_weights": "nf4"}, "base_weights must be one of auto, int4, original"),
+        ({"method": "qlora", "base_weights": "int4"},
+         "base_weights int4 is for method lora: qlora trains on its own 4-bit base; set base_weights to original"),
+        ({"method": "full", "base_weights": "int4"}, "full changes every weight; set base_weights to original"),
     ],
 )
 def test_each_mistake_is_one_sentence(values: dict, message: str) -> None:
@@ -320,3 +324,13 @@ def test_a_value_with_a_warning_is_kept_exactly() -> None:
                                              (5.0, "5"), (1e20, "1e20"), (1 / 3, "0.3333333333333333")])
 def test_numbers_are_written_as_a_person_writes_them(value: float, text: str) -> None:
     assert written(value) == text and float(text) == value
+
+
+@pytest.mark.parametrize(("method", "given", "settled"), [
+    ("lora", "auto", "int4"), ("lora", "original", "original"), ("qlora", "auto", "original"),
+    ("full", "auto", "original"), ("lora", "int4", "int4")])
+def test_lora_trains_on_the_int4_base_unless_told_otherwise(method: str, given: str, settled: str) -> None:
+    from slmnb.training.prepare import settle
+
+    config = settle(FinetuneConfig(model_name_or_path="tiny-llama", method=method, base_weights=given))
+    assert config.base_weights == settled

@@ -1,4 +1,5 @@
-"""The CPU speed-ups behave as what they replace: dropout's statistics and gradient, and the OpenMP pool release."""
+"""The CPU speed-ups behave as what they replace: dropout's statistics and gradient, the LoRA layers' dropout that
+keeps less for the backward pass, and the OpenMP pool release."""
 
 from __future__ import annotations
 
@@ -9,8 +10,8 @@ import pytest
 import torch
 
 from slmnb.config import load_config
-from slmnb.training.dropout import FastDropout
-from slmnb.training.engine import build_model
+from slmnb.training.dropout import DroppedLoraA, FastDropout
+from slmnb.training.engine import Collator, build_model, trim_to_labelled_tail
 from slmnb.training.openmp import release_openmp_pool
 from slmnb.training.prepare import settle
 
@@ -36,11 +37,72 @@ def test_fast_dropout_repeats_under_a_seed() -> None:
     assert not torch.equal(FastDropout(0.1)(x), first)
 
 
-def test_lora_layers_train_with_fast_dropout(tiny) -> None:
-    model = build_model(settle(load_config(tiny)), "fp32")
-    dropouts = [d for m in model.modules() if isinstance(getattr(m, "lora_dropout", None), torch.nn.ModuleDict)
-                for d in m.lora_dropout.values()]
-    assert dropouts and all(type(d) is FastDropout and d.p == 0.05 for d in dropouts)
+def lora_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
+    return [m for m in model.modules() if isinstance(getattr(m, "lora_dropout", None), torch.nn.ModuleDict)]
+
+
+def test_lora_layers_apply_their_dropout_inside_lora_a(tiny) -> None:
+    layers = lora_layers(build_model(settle(load_config(tiny)), "fp32"))
+    assert layers
+    for layer in layers:
+        assert all(type(a) is DroppedLoraA and a.p == 0.05 for a in layer.lora_A.values())
+        assert all(type(d) is torch.nn.Identity for d in layer.lora_dropout.values())
+
+
+def as_plain_dropout(model: torch.nn.Module) -> torch.nn.Module:
+    """The same model with each LoRA layer's dropout in front of lora_A again, as peft builds it (same mask draws)."""
+    for layer in lora_layers(model):
+        for name, projection in layer.lora_A.items():
+            layer.lora_dropout[name] = FastDropout(projection.p)
+            projection.__class__ = torch.nn.Linear
+    return model
+
+
+def one_step(tiny: dict, plain: bool, **fields) -> tuple[torch.Tensor, dict[str, torch.Tensor], int]:
+    """Loss, LoRA gradients and the activation bytes autograd keeps for backward: one batch of the tiny model."""
+    config = settle(load_config({**tiny, "lora_dropout": 0.3, "target_modules": "all-linear", **fields}))
+    model = build_model(config, "fp32")
+    if plain:
+        as_plain_dropout(model)
+    model.train()
+    if config.gradient_checkpointing:
+        model.activation_checkpointing_enable({"use_reentrant": False})  # as the Trainer does (arguments.py)
+        model.enable_input_require_grads()
+    generator = torch.Generator().manual_seed(0)
+    ids = [torch.randint(1, 200, (n,), generator=generator).tolist() for n in (12, 9, 16, 5)]
+    rows = [{"input_ids": r, "labels": [-100] * (len(r) - 2) + r[-2:]} for r in ids]
+    batch = trim_to_labelled_tail(Collator(0)(rows))
+    weights = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    storages: dict[int, int] = {}
+
+    def keep(t: torch.Tensor) -> torch.Tensor:  # the layers' activations: not the weights, not the output layer's
+        if t.untyped_storage().data_ptr() not in weights and model.config.vocab_size not in t.shape:
+            storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    torch.manual_seed(1)
+    with torch.autograd.graph.saved_tensors_hooks(keep, lambda t: t):
+        loss = model(**batch).loss
+    loss.backward()
+    grads = {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
+    return loss.detach(), grads, sum(storages.values())
+
+
+def test_dropout_inside_lora_a_gives_the_same_gradients_and_keeps_less(tiny) -> None:
+    loss, grads, kept = one_step(tiny, plain=False)
+    plain_loss, plain_grads, plain_kept = one_step(tiny, plain=True)
+    assert grads and grads.keys() == plain_grads.keys()
+    assert torch.equal(loss, plain_loss)
+    assert all(torch.equal(grads[n], plain_grads[n]) for n in grads), "the gradients differ from the plain path's"
+    # q/k/v and gate/up share one input instead of a dropped copy each, masks are bool instead of float
+    assert kept < 0.8 * plain_kept, (kept, plain_kept)
+
+
+def test_dropout_inside_lora_a_redraws_the_same_masks_under_gradient_checkpointing(tiny) -> None:
+    loss, grads, _ = one_step(tiny, plain=False)
+    checkpointed_loss, checkpointed, _ = one_step(tiny, plain=False, gradient_checkpointing=True)
+    assert torch.equal(loss, checkpointed_loss)
+    assert all(torch.allclose(grads[n], checkpointed[n], rtol=1e-5, atol=1e-7) for n in grads)
 
 
 @pytest.mark.skipif(not os.path.isdir("/proc/self/task") or torch.get_num_threads() < 2,

@@ -22,6 +22,7 @@ from slmnb.errors import SlmnbError
 from slmnb.notebook.charts import MARKERS_UP_TO, Curves, decimate, log_ticks, render_svg, rounded, tick_text
 from slmnb.text import clock
 from slmnb.training import events as ev
+from slmnb.training.base import describe
 from slmnb.training.run import TrainingRun
 from slmnb.training.states import RunState as S
 
@@ -117,7 +118,7 @@ class Dashboard:
 
     def _title_html(self) -> str:
         c = self.run.config
-        return (f"<b>{escape(self.run.name)}</b> &middot; {escape(c.model_name_or_path)} &middot; {c.method} "
+        return (f"<b>{escape(self.run.name)}</b> &middot; {escape(c.model_name_or_path)} &middot; {describe(c)} "
                 f"&middot; <code>{escape(str(self.run.dir))}</code>")
 
     def _ipython_display_(self) -> None:
@@ -394,7 +395,7 @@ class Dashboard:
     def record_bundle(self) -> dict[str, str]:
         """The static record: one SVG with the summary and both charts, and the summary as text."""
         lines = self.summary_lines()
-        title = f"{self.run.name} ({self.run.config.model_name_or_path}, {self.run.config.method})"
+        title = f"{self.run.name} ({self.run.config.model_name_or_path}, {describe(self.run.config)})"
         return {"image/svg+xml": render_svg(self.curves, title, lines), "text/plain": "\n".join([title, *lines])}
 
 

@@ -132,7 +132,7 @@ class ExportJob(Background):
                      f"({ex.size_mb:.0f} MB)"]
             if ex.adapter is not None:
                 parts.append(f"adapter {ex.adapter} ({ex.adapter.stat().st_size / 1e6:.1f} MB)")
-            text = "; ".join(parts)
+            text = "; ".join(parts) + (f". {ex.fidelity}" if ex.fidelity else "")
             return f"<div>{escape(text)}</div>", text
         text = f"Exporting {self.name} ({self.options.get('precision', 'int4')}): {self.phase}, {self._elapsed()}"
         if self._stopped:

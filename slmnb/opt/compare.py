@@ -168,10 +168,17 @@ class Comparison:
         rows = [["tokens/s, first token", *(f"{_rate(c.tokens_per_second)}, {c.first_token * 1000:.0f} ms"
                                              for c in self.columns)]]
         if any(c.accuracy is not None for c in self.columns):
+            # First: whether the ONNX model can stand for the fine-tune at all.
+            rows.append(["ONNX answers = PyTorch's", *(_agreed(c, len(self.test_rows)) for c in self.columns)])
             rows.append(["test accuracy (ONNX)", *(_pct(c.accuracy) for c in self.columns)])
             rows.append(["test accuracy (PyTorch)", *(_pct(c.pytorch_accuracy) for c in self.columns)])
-            rows.append(["ONNX agrees with PyTorch", *(_pct(c.agreement) for c in self.columns)])
         return rows
+
+    def agreement_line(self) -> str | None:
+        """One sentence per fine-tune: how many test answers the ONNX model shares with PyTorch."""
+        parts = [f"{c.title}: ONNX gives PyTorch's answer on {_agreed(c, len(self.test_rows))} test rows"
+                 for c in self.columns if c.agreement is not None]
+        return "; ".join(parts) + "." if parts else None
 
     def header(self) -> list[str]:
         return ["prompt", *(c.title for c in self.columns)]
@@ -190,6 +197,12 @@ class Comparison:
 
 def _rate(value: float) -> str:
     return f"{value:.0f} tok/s" if value else "- tok/s"  # one-token answers have no decode speed
+
+
+def _agreed(column: Column, rows: int) -> str:
+    if column.agreement is None or not rows:
+        return _pct(column.agreement)
+    return f"{round(column.agreement * rows)} of {rows} ({column.agreement:.1%})"
 
 
 def _pct(value: float | None) -> str:

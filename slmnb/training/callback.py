@@ -12,6 +12,7 @@ from typing import Any, Protocol
 from slmnb.config import FinetuneConfig
 from slmnb.errors import RunError
 from slmnb.training import events as ev
+from slmnb.training.base import on_int4_base
 
 
 class Sink(Protocol):
@@ -56,7 +57,8 @@ def make_callback(sink: Sink, config: FinetuneConfig, run_dir: Path, dropped: in
         def on_train_begin(self, args, state, control, **kw):  # type: ignore[no-untyped-def]
             sink.emit(ev.Started(step=state.global_step, elapsed=sink.elapsed(), name=config.name or "",
                                  max_steps=state.max_steps, precision="bf16" if args.bf16 else "fp32",
-                                 output_dir=str(run_dir), dropped_rows=dropped, notes=notes))
+                                 output_dir=str(run_dir), dropped_rows=dropped, notes=notes,
+                                 base_weights="int4" if on_int4_base(config) else "original"))
             self.last_log = (sink.elapsed(), state.num_input_tokens_seen)
 
         def on_step_begin(self, args, state, control, **kw):  # type: ignore[no-untyped-def]

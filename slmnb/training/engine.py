@@ -15,8 +15,9 @@ from typing import Any
 from slmnb import data as data_mod
 from slmnb.config import FinetuneConfig
 from slmnb.errors import ConfigError
-from slmnb.models import load_model, load_tokenizer, quiet_libraries, release_memory
+from slmnb.models import load_tokenizer, quiet_libraries, release_memory
 from slmnb.training.arguments import plan_steps, training_arguments
+from slmnb.training.base import load_base
 from slmnb.training.callback import Sink, diverged, make_callback, weights_finite
 from slmnb.training.runfiles import RunFolder
 
@@ -42,7 +43,7 @@ def build_model(config: FinetuneConfig, precision: str) -> Any:
     # Measured on the embedded model, batch 8 x 48 tokens: eager attention is 12-15% faster than SDPA's CPU kernel
     # at these lengths; its memory grows with the square of the length, so long sequences keep SDPA.
     attention = "eager" if on_cpu and config.max_seq_len <= 128 else None
-    model = load_model(config.model_name_or_path, four_bit=config.method == "qlora", attention=attention)
+    model = load_base(config, attention)
     if config.method == "full":
         return model
     if config.method == "lora" and precision == "bf16":

@@ -27,6 +27,7 @@ class Started(Event):
     output_dir: str
     dropped_rows: int  # rows whose response max_seq_len cut away entirely
     notes: tuple[str, ...] = ()  # what a person should know, such as a damaged checkpoint that was skipped
+    base_weights: str = "original"  # int4: the base as the int4 export stores it (slmnb.training.base)
 
 
 @dataclass(frozen=True)

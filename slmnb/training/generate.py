@@ -14,6 +14,7 @@ from slmnb.data import prompt_ids, render
 from slmnb.errors import RunError
 from slmnb.models import load_model, load_tokenizer, quiet_libraries
 from slmnb.progress import progress as progress_bar
+from slmnb.training.base import load_base
 
 RowsDone = Callable[[int, int], None]
 
@@ -96,7 +97,7 @@ class Predictor:
             else:
                 from peft import PeftModel
 
-                model = PeftModel.from_pretrained(load_model(self.config.model_name_or_path), self.output_path)
+                model = PeftModel.from_pretrained(load_base(self.config), self.output_path)
             model.eval()
             self._models[key] = model
         return model if adapter or self.config.method == "full" else _AdapterOff(model)

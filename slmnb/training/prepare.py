@@ -27,7 +27,16 @@ def settle(config: FinetuneConfig) -> FinetuneConfig:
 
 
 def settled_fields(config: FinetuneConfig) -> dict[str, Any]:
-    """The fields the model decides ({'target_modules': [...]}, or none), after checking the model can be read."""
+    """The fields the model and method decide (target_modules, base_weights), after checking the model can be read."""
+    fields = _model_fields(config)
+    if config.base_weights == "auto":
+        # LoRA trains on the base as the default export stores it, so the int4 export answers as the fine-tune did
+        # (BENCHMARKS.md, int4 fidelity); qlora has its own 4-bit base and full fine-tuning changes every weight.
+        fields["base_weights"] = "int4" if config.method == "lora" else "original"
+    return fields
+
+
+def _model_fields(config: FinetuneConfig) -> dict[str, Any]:
     folder = model_folder(config.model_name_or_path)
     if Path(folder).is_dir() and not any((Path(folder) / name).is_file() for name in _TOKENIZER_FILES):
         raise ConfigError(f"The model folder {folder} has no tokenizer: save one into it "

@@ -20,8 +20,9 @@ from typing import IO, Any
 
 from slmnb.config import FinetuneConfig
 from slmnb.data import Data, load_data
-from slmnb.errors import RunError, SlmnbError
+from slmnb.errors import ExportError, RunError, SlmnbError
 from slmnb.training import events as ev
+from slmnb.training.base import int4_base_pending, on_int4_base
 from slmnb.training.failure import TRAINING, failure_reason
 from slmnb.training.openmp import release_openmp_pool
 from slmnb.training.runfiles import RunFolder
@@ -195,7 +196,8 @@ class TrainingRun:
         state: dict[str, Any] = {"status": str(self.status), "step": event.step, "elapsed": event.elapsed,
                                  **self._latest}
         if isinstance(event, ev.Started):
-            state.update(max_steps=event.max_steps, precision=event.precision, pid=os.getpid())
+            state.update(max_steps=event.max_steps, precision=event.precision, base_weights=event.base_weights,
+                         pid=os.getpid())
         elif isinstance(event, ev.Failed):
             state["reason"] = event.reason
         if isinstance(event, ev.ENDED):
@@ -420,9 +422,12 @@ class TrainingRun:
                 self.folder.take_stop_request()  # a request left for an earlier session of this run is stale
                 self.folder.update_state(status=str(RunState.STARTING), name=self.name, started_at=time.time(),
                                          pid=os.getpid(), reason=None, ended_at=None)
-            if settle:  # set before the thread starts, so the dashboard shown next says it at once
+            # Set before the thread starts, so the dashboard shown next says it at once.
+            if settle:
                 self.phase = (f"Preparing {self.config.model_name_or_path} for its first use on this machine "
                               "(about 30 s, once): converting its weights...")
+            elif int4_base_pending(self.config):
+                self.phase = _quantizing(self.config)
             release_openmp_pool()  # this thread's idle pool would slow the training thread's (see openmp.py)
             self._thread = threading.Thread(target=self._work, args=(data, checkpoint, tuple(notes), settle),
                                             daemon=True,
@@ -438,6 +443,7 @@ class TrainingRun:
         try:
             if settle:
                 self._settle()
+            notes += self._prepare_int4_base()
             result = engine.train(self.config, data, self.folder, self, checkpoint, notes)
             output = str(result.output or "")
             if result.outcome == "stopped":
@@ -477,11 +483,39 @@ class TrainingRun:
             if self._writer:
                 self.folder.write_config(self.config)
 
+    def _prepare_int4_base(self) -> tuple[str, ...]:
+        """Build the int4 base the run trains on, once per model, with a phase the dashboard shows.
+
+        A model the ONNX builder cannot quantize trains on its original weights instead, and the run says so (its
+        config.yaml too): it could not be exported to int4 either, and training should not fail for it.
+        """
+        if not on_int4_base(self.config):
+            return ()
+        if int4_base_pending(self.config):
+            self.phase = _quantizing(self.config)
+        try:
+            from slmnb.opt.deployed import deployed_base
+
+            deployed_base(self.config.model_name_or_path, "int4")
+        except ExportError as exc:
+            self.config = self.config.replace(base_weights="original")
+            if self._writer:
+                self.folder.write_config(self.config)
+            return (f"Trained on the original weights: the int4 base could not be built ({exc})",)
+        finally:
+            self.phase = None
+        return ()
+
     def _release(self) -> None:
         if self._folder_lock is not None:
             self._folder_lock.close()
             self._folder_lock = None
         TRAINING.release(self)
+
+
+def _quantizing(config: FinetuneConfig) -> str:
+    return (f"Quantizing {config.model_name_or_path} as its int4 ONNX export will store it, so the fine-tune learns "
+            "on the weights it will run with (once per model, about a minute)...")
 
 
 def _state_after(event: ev.Event, status: RunState) -> RunState:
