@@ -62,10 +62,11 @@ FLOAT_BOUNDS: dict[str, tuple[float, float, bool, bool]] = {
     "learning_rate": (0.0, math.inf, False, False), "weight_decay": (0.0, math.inf, False, False),
 }
 CHOICES = {"method": ("lora", "qlora", "full"), "precision": ("auto", "bf16", "fp32"),
+           "base_weights": ("auto", "int4", "original"),
            "lr_scheduler_type": ("linear", "cosine", "cosine_with_restarts", "cosine_with_min_lr", "polynomial",
                                  "constant", "constant_with_warmup", "inverse_sqrt", "warmup_stable_decay")}
 TEXT_FIELDS = ("model_name_or_path", "train_split", "name", "prompt_template", "response_template", "method",
-               "precision", "lr_scheduler_type")
+               "precision", "lr_scheduler_type", "base_weights")
 BOOL_FIELDS = ("use_chat_template", "gradient_checkpointing")
 LIST_FIELDS = ("target_modules", "data_files")
 FIELD_NAMES = (*INT_BOUNDS, *FLOAT_BOUNDS, *TEXT_FIELDS, *BOOL_FIELDS, *LIST_FIELDS, "data_name", "rows",
@@ -276,6 +277,8 @@ combinations = st.sampled_from([
     Break("response without prompt", remove=("prompt_template",)),
     Break("chat template with a text template", set={"use_chat_template": True, "text_template": "{phrase} {tone}"},
           remove=("prompt_template", "response_template")),
+    Break("an int4 base for qlora", set={"method": "qlora", "base_weights": "int4"}),
+    Break("an int4 base for full fine-tuning", set={"method": "full", "base_weights": "int4"}),
     Break("no data", remove=("rows",)),
     Break("no rows", set={"rows": []}),
     Break("no templates", remove=("prompt_template", "response_template")),

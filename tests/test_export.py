@@ -22,13 +22,16 @@ PROMPT = "The quick brown fox jumps over the lazy dog, and then"
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    """A tiny all-linear LoRA run on tones, exported as fp32 and as int4 (the default), in one folder."""
+    """A tiny all-linear LoRA run on tones, exported as fp32 and as int4 (the default), in one folder.
+
+    It trains on the original weights, so its fp32 export is exactly the PyTorch model (tests/test_int4_fidelity.py
+    checks a run on the int4 base against its int4 export)."""
     folder = tmp_path_factory.mktemp("export")
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(folder)
         run = slmnb.finetune(model_name_or_path="tiny-llama", data_name="tones", name="tuned", max_steps=8,
                              target_modules="all-linear", learning_rate=5e-3, per_device_train_batch_size=8,
-                             precision="fp32", eval_steps=8).wait()
+                             precision="fp32", eval_steps=8, base_weights="original").wait()
         fp32 = slmnb.export(run, precision="fp32")
         int4 = slmnb.export(run)
         yield {"folder": folder, "run": run, "fp32": fp32, "int4": int4}
