@@ -46,8 +46,11 @@ def session(folder: Path, accuracy_level: int | None = None) -> Any:
     return ort.InferenceSession(proto.SerializeToString(), options, providers=["CPUExecutionProvider"])
 
 
-def onnx_logits(sess: Any, ids: list[int], head_dim: int) -> np.ndarray:
-    """Logits of the whole prompt in one pass with an empty KV cache, as generation's first step computes them."""
+def onnx_logits(sess: Any, ids: list[int], head_dim: int, lora: dict[str, np.ndarray] | None = None) -> np.ndarray:
+    """Logits of the whole prompt in one pass with an empty KV cache, as generation's first step computes them.
+
+    `lora`: an adapter's weights, fed to the LoRA inputs of a switchable export (initializers of rank 0 otherwise).
+    """
     feeds: dict[str, np.ndarray] = {}
     for spec in sess.get_inputs():
         if spec.name == "input_ids":
@@ -58,6 +61,10 @@ def onnx_logits(sess: Any, ids: list[int], head_dim: int) -> np.ndarray:
             shape = [1 if d == "batch_size" else head_dim if d == "kv_cache_dim" else 0 if isinstance(d, str) else d
                      for d in spec.shape]
             feeds[spec.name] = np.zeros(shape, dtype=np.float32)
+    if lora:
+        overridable = {spec.name for spec in sess.get_overridable_initializers()}
+        assert set(lora) <= overridable, "the adapter's weights have no inputs of those names in the export"
+        feeds.update(lora)
     return sess.run(["logits"], feeds)[0][0]
 
 

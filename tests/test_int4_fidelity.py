@@ -10,35 +10,13 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+from test_deployed import onnx_logits, session  # one way to run the ONNX graph for its logits
 
 import slmnb
 from slmnb.models import load_tokenizer
 from slmnb.opt.adapters import peft_weights
 
 PROMPTS = ["sample phrase number 3", "sample phrase number 41", "I feel so happy today because", "Once upon a time"]
-
-
-def onnx_logits(export: Any, weights: dict[str, np.ndarray], ids: list[int], kv: tuple[int, int]) -> np.ndarray:
-    """The export's logits for a prompt in one pass (empty KV cache), with the adapter's weights as its LoRA inputs."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 1
-    options.log_severity_level = 3  # not a warning per LoRA input that is also an initializer
-    session = ort.InferenceSession(str(export.folder / "model.onnx"), options, providers=["CPUExecutionProvider"])
-    feeds: dict[str, np.ndarray] = {}
-    for spec in session.get_inputs():
-        if spec.name == "input_ids":
-            feeds[spec.name] = np.array([ids], dtype=np.int64)
-        elif spec.name == "attention_mask":
-            feeds[spec.name] = np.ones((1, len(ids)), dtype=np.int64)
-        else:  # past_key_values.*: [batch, kv heads, past length 0, head size]
-            feeds[spec.name] = np.zeros((1, kv[0], 0, kv[1]), dtype=np.float32)
-    # The LoRA inputs are initializers (rank 0: the plain base) that a feed overrides, as the adapter does.
-    overridable = {spec.name for spec in session.get_overridable_initializers()}
-    assert set(weights) <= overridable, "the adapter's weights have no inputs of those names in the export"
-    feeds.update(weights)
-    return session.run(["logits"], feeds)[0][0]
 
 
 def gap(run: Any) -> float:
@@ -49,17 +27,17 @@ def gap(run: Any) -> float:
     from slmnb.training.base import load_base
 
     export = slmnb.export(run)
+    onnx = session(export.folder)
     weights = peft_weights(run.output_path)
     model = PeftModel.from_pretrained(load_base(run.config), run.output_path).eval()
     tokenizer = load_tokenizer(run.config.model_name_or_path)
-    config = model.config
-    kv = (config.num_key_value_heads, config.hidden_size // config.num_attention_heads)
+    head_dim = model.config.hidden_size // model.config.num_attention_heads
     worst = 0.0
     for prompt in PROMPTS:
         ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
         with torch.no_grad():
             pytorch = model(torch.tensor([ids])).logits[0].numpy()
-        worst = max(worst, float(np.abs(pytorch - onnx_logits(export, weights, ids, kv)).max()))
+        worst = max(worst, float(np.abs(pytorch - onnx_logits(onnx, ids, head_dim, weights)).max()))
     return worst
 
 
