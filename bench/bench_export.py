@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import statistics
 import sys
@@ -23,6 +22,9 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_memory import machine  # one description of the machine for every benchmark
 
 PROMPTS = [
     "Write a short story about a lighthouse keeper who finds a message in a bottle.",
@@ -91,7 +93,6 @@ def main() -> None:
     parser.add_argument("--out", default="bench/results/export.json")
     parser.add_argument("--work", default="bench/results")
     args = parser.parse_args()
-    import torch
 
     import slmnb
     from slmnb.demo import DEMO_CONFIG
@@ -123,13 +124,15 @@ def main() -> None:
         convert.append(time.perf_counter() - start)
 
     # 2. generation speed
-    from slmnb.models import load_model, load_tokenizer, quiet_libraries
+    from slmnb.models import load_tokenizer, quiet_libraries
+    from slmnb.training.base import load_base
 
     quiet_libraries()  # before peft pulls in bitsandbytes, which warns about an optional hub kernel
     from peft import PeftModel
 
     tokenizer = load_tokenizer(run.config.model_name_or_path)
-    model = PeftModel.from_pretrained(load_model(run.config.model_name_or_path), run.output_path).eval()
+    # the base the run trained on (int4-deployed weights by default): the PyTorch side is the model that was trained
+    model = PeftModel.from_pretrained(load_base(run.config), run.output_path).eval()
     speed: dict[str, list[float]] = {k: [] for k in ("torch_base", "torch_lora", "onnx_base", "onnx_adapter")}
     first: dict[str, list[float]] = {k: [] for k in speed}
     for prompt in PROMPTS:
@@ -152,7 +155,8 @@ def main() -> None:
     onnx = ex.predict(rows, max_new_tokens=8)
     template = run.config.response_template
     results = {
-        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}",
+        "machine": machine(),
+        "base_weights": run.config.base_weights,
         "export_int4_switchable_s": [round(t, 1) for t in export_times],
         "export_int4_switchable_s_median": round(statistics.median(export_times), 1),
         "export_size_mb": round(ex.size_mb, 1),

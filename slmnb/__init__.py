@@ -33,6 +33,7 @@ _EXPORTS = {
     "generate": "slmnb.opt.export",
     "list_exports": "slmnb.opt.store",
     "compare": "slmnb.opt.compare",
+    "Evaluation": "slmnb.evaluation",
     "ExportError": "slmnb.errors",
 }
 

@@ -13,6 +13,7 @@ import time
 from typing import Any, TextIO
 
 from slmnb.errors import SlmnbError
+from slmnb.evaluation import add_eval_options
 from slmnb.options import (
     OptionParser,
     add_compare_options,
@@ -37,6 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_options(finetune, SHORT_OPTIONS)
     add_export_options(commands.add_parser("export", help="Export a run to ONNX for onnxruntime-genai."))
     add_compare_options(commands.add_parser("compare", help="Base model and fine-tunes side by side (ONNX)."))
+    add_eval_options(commands.add_parser("eval", help="Score a run on a split: metrics, confusion matrix, misses."))
     return parser
 
 
@@ -165,6 +167,21 @@ def run_compare(options: dict[str, Any]) -> int:
     return 0
 
 
+def run_eval(options: dict[str, Any]) -> int:
+    """`slmnb eval RUN`: the metrics table, a classification's confusion matrix and the rows it gets wrong."""
+    from slmnb.evaluation import evaluate_options, report_lines
+    from slmnb.opt.inputs import open_run
+
+    run = open_run(options.pop("run"))
+    try:
+        evaluations = evaluate_options(run, options)
+    except KeyboardInterrupt:
+        print(f"\nstopped evaluating {run.name}", file=sys.stderr)
+        return 130
+    print("\n".join(report_lines(evaluations, options["wrong"])))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     try:
@@ -180,6 +197,8 @@ def main(argv: list[str] | None = None) -> int:
             return run_export(args)
         if command == "compare":
             return run_compare(args)
+        if command == "eval":
+            return run_eval(args)
     except SlmnbError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -34,6 +34,10 @@ NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")  # used with fullmatch:
 MAX_NAME_LENGTH = 100
 # Whole numbers beyond this mean a typo; it also keeps every count inside what torch and JavaScript hold exactly.
 MAX_INT = 2**31 - 1
+# Generation-eval answers this many eval rows at each evaluation unless told: measured on the embedded model's demo
+# job to cost about 10% of its training time (BENCHMARKS.md, generation-eval).
+DEFAULT_EVAL_GENERATE_SAMPLES = 16
+MAX_EVAL_NEW_TOKENS = 256
 
 
 def _opt(default: Any, help: str, kind: str, *, choices: tuple[str, ...] | None = None,
@@ -69,7 +73,8 @@ class FinetuneConfig:
         choices=BASE_WEIGHTS)
     # data
     data_name: str | None = _opt(
-        None, "A bundled dataset name (tones) or the path of a folder saved with datasets' save_to_disk.", "str")
+        None, "A bundled dataset name (tones, changelog) or the path of a folder saved with datasets' save_to_disk.",
+        "str")
     data_files: list[str] | None = _opt(None, "Local JSON, JSONL, CSV or Parquet files (a list or comma-separated).",
                                         "strs")
     rows: list[dict[str, Any]] | None = _opt(None, "Training rows given inline, as a list of mappings.", "rows")
@@ -107,7 +112,26 @@ class FinetuneConfig:
     precision: str = _opt("auto", "auto (bf16 where the CPU or GPU supports it), bf16 or fp32.", "str",
                           choices=PRECISIONS)
     early_stopping_patience: int | None = _opt(
-        None, "Stop after this many evaluations without a better eval loss.", "int", low=1)
+        None, "Stop after this many evaluations without a better metric_for_best_model (eval loss by default).",
+        "int", low=1)
+    # evaluation
+    metrics: list[str] | None = _opt(
+        None, "Scores of generated answers at each evaluation: accuracy, f1, exact_match, bleu, rouge, chrf, or the "
+        "path of an evaluate module; empty chooses from the training responses (accuracy + f1 when they take a few "
+        "distinct values, else bleu + rouge + chrf).", "strs")
+    eval_generate_samples: int | None = _opt(
+        None, "Eval rows answered by greedy generation at each evaluation for the metrics, the same rows every "
+        f"time; empty means {DEFAULT_EVAL_GENERATE_SAMPLES}, 0 turns generation-eval off.", "int", low=0)
+    eval_max_new_tokens: int | None = _opt(
+        None, "Longest answer generated for the metrics, in tokens; empty means the longest training response plus "
+        f"a quarter (at least 2 tokens more), at most {MAX_EVAL_NEW_TOKENS}.", "int", low=1, high=4096)
+    metric_for_best_model: str = _opt(
+        "eval_loss", "What early stopping and load_best_model_at_end call better: eval_loss, perplexity, or a score "
+        "of the metrics such as accuracy, f1 or rougeL (lower is better for losses and perplexity, higher otherwise).",
+        "str")
+    load_best_model_at_end: bool = _opt(
+        False, "Keep the weights of the best evaluation by metric_for_best_model as the run's output instead of the "
+        "last step's (early stopping always does).", "bool")
     # where
     output_dir: str | None = _opt(None, "The run folder; empty means runs/<name>.", "str")
     name: str | None = _opt(None, "The run's name; empty means one made from the data, method and time.", "str")
@@ -135,6 +159,20 @@ class FinetuneConfig:
                               + "; set base_weights to original or auto.")
         if self.name is not None:
             check_name(self.name)
+        self._check_evaluation()
+
+    def _check_evaluation(self) -> None:
+        from slmnb import metrics
+
+        if self.metrics:
+            self.metrics = metrics.check_names(self.metrics)  # built-in names in their spelling, once each
+        if self.text_template and self.metrics:
+            raise ConfigError("metrics score generated answers against the response_template, and a text_template "
+                              "run has none: use prompt_template + response_template, or leave metrics empty.")
+        if self.text_template and self.eval_generate_samples:
+            raise ConfigError("eval_generate_samples scores generated answers against the response_template, and a "
+                              "text_template run has none: use prompt_template + response_template, or set it to 0.")
+        check_metric_for_best_model(self, self.metrics)
 
     # --- building --------------------------------------------------------------------------------------
 
@@ -273,6 +311,30 @@ def check_name(name: str) -> None:
     if not NAME_PATTERN.fullmatch(name):
         raise ConfigError(f"name {short_repr(name)} can only use letters, digits, '.', '_' and '-', starting with a "
                           "letter or digit, such as 'tones-lora'.")
+
+
+def check_metric_for_best_model(config: FinetuneConfig, names: list[str] | None) -> None:
+    """metric_for_best_model must be a score the run produces: eval_loss and perplexity always, a generation score
+    only when generation-eval is on and one of `names` (None: not settled yet, so any built-in metric's) gives it."""
+    from slmnb import metrics
+
+    key = config.metric_for_best_model.removeprefix("eval_")
+    if key in ("loss", "perplexity"):
+        return
+    listed = list(names) if names is not None else list(metrics.BUILTIN)
+    keys = [k for name in listed for k in metrics.keys(name)]
+    if names is not None and any(not metrics.keys(name) for name in listed):
+        return  # a user's evaluate module tells its keys only when it runs: the run checks them then
+    if key not in keys:
+        shown = ", ".join(dict.fromkeys(["eval_loss", "perplexity", *keys]))
+        close = difflib.get_close_matches(key, keys, n=1)
+        hint = f" (did you mean {close[0]}?)" if close else ""
+        where = "this run's metrics" if names is not None else "any metric"
+        raise ConfigError(f"metric_for_best_model {short_repr(config.metric_for_best_model)} is not a score of "
+                          f"{where}{hint}: use one of {shown}.")
+    if config.eval_generate_samples == 0:
+        raise ConfigError(f"metric_for_best_model {key} comes from generation-eval, which eval_generate_samples 0 "
+                          "turns off: raise eval_generate_samples, or use eval_loss.")
 
 
 def check_field(name: str, value: Any) -> Any:

@@ -28,6 +28,16 @@ DEMO_CONFIG: dict[str, Any] = {
     "eval_steps": 10,
 }
 
+# The same job on the bundled changelog data (casual developer notes -> one-line changelog entries in a house style),
+# where the answers are free text and BLEU / ROUGE / chrF have something to show. Changelog test split (48 notes about
+# components no train note names), greedy answers of up to 32 tokens, ROUGE-L F1 (rouge_score): base model 0.18,
+# fine-tune 0.81 (exact entries 0 -> 12 of 48); seed 42, 575 s of training on 2 shared cores (2026-12-01).
+GENERATION_DEMO_CONFIG: dict[str, Any] = {
+    **DEMO_CONFIG,
+    "data_name": "changelog",
+    "max_seq_len": 96,  # the longest row is 93 tokens with the chat template: nothing is cut
+}
+
 
 def main() -> int:
     from slmnb.cli import ProgressBar

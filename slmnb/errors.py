@@ -14,6 +14,10 @@ class ConfigError(SlmnbError, ValueError):
     """A config value, data file or template is wrong."""
 
 
+class MetricError(ConfigError):
+    """A metric name, or the path of an evaluate module, cannot be used as asked."""
+
+
 class RunError(SlmnbError, RuntimeError):
     """A run cannot be started, resumed or opened as asked."""
 

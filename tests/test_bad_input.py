@@ -54,6 +54,7 @@ INT_BOUNDS: dict[str, tuple[int, int]] = {  # what each whole-number field accep
     "max_steps": (1, 2**31 - 1), "per_device_train_batch_size": (1, 2**31 - 1),
     "gradient_accumulation_steps": (1, 2**31 - 1), "logging_steps": (1, 2**31 - 1), "eval_steps": (1, 2**31 - 1),
     "save_steps": (1, 2**31 - 1), "seed": (0, 2**32 - 1), "early_stopping_patience": (1, 2**31 - 1),
+    "eval_generate_samples": (0, 2**31 - 1), "eval_max_new_tokens": (1, 4096),
 }
 # (low, high, low refused, high refused): lora_dropout must be in [0, 1), num_train_epochs in (0, 1e6].
 FLOAT_BOUNDS: dict[str, tuple[float, float, bool, bool]] = {
@@ -66,9 +67,9 @@ CHOICES = {"method": ("lora", "qlora", "full"), "precision": ("auto", "bf16", "f
            "lr_scheduler_type": ("linear", "cosine", "cosine_with_restarts", "cosine_with_min_lr", "polynomial",
                                  "constant", "constant_with_warmup", "inverse_sqrt", "warmup_stable_decay")}
 TEXT_FIELDS = ("model_name_or_path", "train_split", "name", "prompt_template", "response_template", "method",
-               "precision", "lr_scheduler_type", "base_weights")
-BOOL_FIELDS = ("use_chat_template", "gradient_checkpointing")
-LIST_FIELDS = ("target_modules", "data_files")
+               "precision", "lr_scheduler_type", "base_weights", "metric_for_best_model")
+BOOL_FIELDS = ("use_chat_template", "gradient_checkpointing", "load_best_model_at_end")
+LIST_FIELDS = ("target_modules", "data_files", "metrics")
 FIELD_NAMES = (*INT_BOUNDS, *FLOAT_BOUNDS, *TEXT_FIELDS, *BOOL_FIELDS, *LIST_FIELDS, "data_name", "rows",
                "eval_split", "text_template", "output_dir")
 
@@ -536,6 +537,8 @@ bad_argv = st.one_of(
         ["finetune", "--resume"], ["finetune", "job.yaml", "--use_chat_template", "maybe"], ["export"],
         ["export", "no-such-run"], ["export", "r", "--precision", "int3"], ["compare"],
         ["compare", "no-such-run"], ["compare", "r", "--max_new_tokens", "x"], ["finetune", "--seed", "-1"],
+        ["eval"], ["eval", "no-such-run"], ["eval", "r", "--max_new_tokens", "x"], ["eval", "r", "--split"],
+        ["eval", "r", "--metrics", "accuracy", "stray"],
     ]),
     st.lists(st.text(alphabet="-abz=1 ", min_size=1, max_size=6), min_size=1, max_size=4).filter(
         lambda args: any(_is_stray(arg) for arg in args)).map(lambda args: ["finetune", "job.yaml", *args]),

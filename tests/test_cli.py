@@ -96,3 +96,20 @@ def test_help_lists_every_field(capsys) -> None:
     assert done.value.code == 0
     out = capsys.readouterr().out
     assert "--lora_r" in out and "train[:90%]" in out  # a % in a help text once broke argparse's formatting
+
+
+def test_cli_eval_prints_metrics_confusion_matrix_and_wrong_rows(config_file: Path, capsys) -> None:
+    assert main(["finetune", str(config_file), "--max_steps", "2", "--name", "scored"]) == 0
+    capsys.readouterr()
+    assert main(["eval", "scored", "--split", "eval", "--metrics", "accuracy,f1", "--base"]) == 0
+    out = capsys.readouterr().out
+    lines = out.splitlines()
+    assert lines[0] == "eval: 5 rows"  # eval_size 0.1 of the 48 rows
+    assert lines[1].split() == ["metric", "base", "model", "fine-tuned"]
+    assert lines[2].startswith("accuracy") and lines[3].startswith("f1")
+    assert "confusion matrix (fine-tuned; rows: reference, columns: answer):" in out
+    assert "rows wrong" in out or "answers all 5 rows right" in out
+    assert main(["eval", "scored", "--split", "validation"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: split 'validation' names no split of the run's data: the splits are train") \
+        and err.count("\n") == 1

@@ -334,3 +334,53 @@ def test_lora_trains_on_the_int4_base_unless_told_otherwise(method: str, given: 
 
     config = settle(FinetuneConfig(model_name_or_path="tiny-llama", method=method, base_weights=given))
     assert config.base_weights == settled
+
+
+# --- evaluation fields (issue 15) ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("values", "message"), [
+    ({"metrics": ["acuracy"]}, "Unknown metric 'acuracy' (did you mean accuracy?)"),
+    ({"metrics": "bleu, ./nowhere.py"}, "./nowhere.py does not exist"),
+    ({"metrics": 3}, "metrics must be a list of names or a comma-separated text, got 3."),
+    ({"eval_generate_samples": -1}, "eval_generate_samples must be at least 0, got -1."),
+    ({"eval_generate_samples": 2.5}, "eval_generate_samples must be a whole number, got 2.5."),
+    ({"eval_max_new_tokens": 0}, "eval_max_new_tokens must be at least 1, got 0."),
+    ({"eval_max_new_tokens": 5000}, "eval_max_new_tokens must be at most 4096, got 5000."),
+    ({"load_best_model_at_end": "maybe"}, "load_best_model_at_end must be true or false, got 'maybe'."),
+    ({"metric_for_best_model": None}, "metric_for_best_model needs a value; its default is 'eval_loss'."),
+    ({"metric_for_best_model": "acc"}, "metric_for_best_model 'acc' is not a score of any metric"),
+    ({"metric_for_best_model": "rouge", "metrics": ["bleu", "rouge"]},
+     "metric_for_best_model 'rouge' is not a score of this run's metrics (did you mean rougeL?): use one of "
+     "eval_loss, perplexity, bleu, rouge1, rouge2, rougeL."),
+    ({"metric_for_best_model": "accuracy", "eval_generate_samples": 0},
+     "metric_for_best_model accuracy comes from generation-eval, which eval_generate_samples 0 turns off"),
+    ({"text_template": "{a}", "metrics": ["bleu"]}, "a text_template run has none"),
+    ({"text_template": "{a}", "eval_generate_samples": 8}, "a text_template run has none"),
+])
+def test_each_evaluation_mistake_is_one_sentence(values: dict, message: str) -> None:
+    assert message in refused(values)
+
+
+def test_evaluation_fields_take_their_usual_forms_and_round_trip() -> None:
+    config = FinetuneConfig.from_text("metrics: accuracy, f1\neval_generate_samples: '8'\neval_max_new_tokens: 12\n"
+                                      "metric_for_best_model: eval_f1\nload_best_model_at_end: yes")
+    assert config.metrics == ["accuracy", "f1"] and config.eval_generate_samples == 8
+    assert (config.eval_max_new_tokens, config.metric_for_best_model, config.load_best_model_at_end) == \
+        (12, "eval_f1", True)
+    assert load_config(config.to_yaml()) == config
+    # Defaults: metrics chosen from the data, generation-eval's size settled when the run starts, eval_loss.
+    default = FinetuneConfig()
+    assert (default.metrics, default.eval_generate_samples, default.metric_for_best_model) == (None, None, "eval_loss")
+    for key in ("loss", "eval_loss", "perplexity", "eval_perplexity", "rougeL", "eval_accuracy"):
+        assert FinetuneConfig(metric_for_best_model=key).metric_for_best_model == key
+
+
+def test_validating_metrics_imports_nothing_heavy() -> None:
+    import subprocess
+    import sys
+
+    code = ("import sys; from slmnb.config import FinetuneConfig; FinetuneConfig(metrics=['accuracy', 'rouge'], "
+            "metric_for_best_model='rougeL'); print([m for m in ('torch', 'evaluate', 'datasets', 'transformers') "
+            "if m in sys.modules])")
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout == "[]\n"

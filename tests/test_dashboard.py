@@ -257,3 +257,130 @@ def test_a_slow_start_says_what_it_is_doing(run: TrainingRun, comms: list) -> No
     run.phase = "Preparing tiny-llama for its first use on this machine (about 30 s, once): converting its weights..."
     dashboard = Dashboard(run).follow()
     assert "Preparing tiny-llama for its first use" in dashboard.status.value
+
+
+# --- generation metrics: the third chart, the summary, the record, the runs table, compare_runs ---------------------
+
+def scored(n: int, **scores: float) -> ev.Eval:
+    return ev.Eval(step=n, elapsed=n * 0.1, eval_loss=1.0 + 1 / n, perplexity=0.0, metrics=scores)
+
+
+def test_generation_metrics_get_a_third_chart_and_a_summary_line(run: TrainingRun, comms: list) -> None:
+    dashboard = Dashboard(run).follow()
+    run.emit(ev.Started(step=0, elapsed=0.0, name="fake", max_steps=12, precision="fp32", output_dir="runs/fake",
+                        dropped_rows=0, metrics=("accuracy", "f1")))
+    for n in range(1, 13):
+        run.emit(step(n, loss=3.0 / n))
+        if n % 4 == 0:
+            run.emit(scored(n, **[{"accuracy": 0.0, "f1": 0.0}, {"accuracy": 0.75, "f1": 0.7},
+                                   {"accuracy": 0.625, "f1": 0.6}][n // 4 - 1]))
+    run.emit(ev.Finished(step=12, elapsed=1.2, output_path="x", reason="completed"))
+    dashboard._drawer.join(5)
+    figure = dashboard.metrics_figure
+    assert figure is not None and dashboard.charts.children == (dashboard.figure, figure)
+    assert [t.name for t in figure.data] == ["accuracy", "f1"]
+    assert list(figure.data[0].x) == [4, 8, 12] and list(figure.data[0].y) == [0.0, 0.75, 0.625]  # a 0 is a point
+    assert figure.data[0].line.color != figure.data[1].line.color
+    assert figure.layout.title.text == "accuracy, f1 per step (%)" and figure.layout.yaxis.tickformat == ".0%"
+    summary = dashboard.summary_lines()
+    assert "accuracy 62.5% (best 75.0% at step 8) · f1 60.0% (best 70.0% at step 8)" in summary
+    record = dashboard.record_bundle()
+    assert "accuracy 62.5% (best 75.0% at step 8)" in record["text/plain"]
+    svg = record["image/svg+xml"]
+    assert "accuracy, f1 per step (%)" in svg and ">100%</text>" in svg
+    # Both scores drawn in the third panel, each in its colour (3 loss + 2 perplexity + 2 score lines).
+    assert svg.count("<polyline") == 7
+    assert all(f'stroke="{t.line.color}"' in svg for t in figure.data)
+
+
+def test_a_run_without_generation_metrics_has_no_third_chart(run: TrainingRun, comms: list) -> None:
+    dashboard = Dashboard(run).follow()
+    run.emit(started(8))
+    for n in range(1, 9):
+        run.emit(step(n))
+        if n % 4 == 0:
+            run.emit(ev.Eval(step=n, elapsed=n * 0.1, eval_loss=1.0, perplexity=0.0))
+    run.emit(ev.Finished(step=8, elapsed=0.8, output_path="x", reason="completed"))
+    dashboard._drawer.join(5)
+    assert dashboard.metrics_figure is None and dashboard.charts.children == (dashboard.figure,)
+    assert not dashboard.score_text()
+    assert "per step" not in dashboard.record_bundle()["image/svg+xml"]
+
+
+def test_scores_arriving_on_a_live_run_reach_the_widget_state(run: TrainingRun, comms: list) -> None:
+    # The third chart appears at the first scored evaluation, and a page reloaded then gets its points back.
+    dashboard = Dashboard(run).follow()
+    run.emit(started(100))
+    run.emit(step(1))
+    _until(lambda: len(dashboard.figure.data[0].x) == 1)
+    assert dashboard.metrics_figure is None
+    run.emit(scored(2, bleu=0.2, rouge1=0.5, rouge2=0.3, rougeL=0.45, chrf=0.4))
+    _until(lambda: dashboard.metrics_figure is not None and len(dashboard.metrics_figure.data) == 5
+           and dashboard.metrics_figure.data[4].y is not None)
+    state = dashboard.metrics_figure.get_state()
+    assert [(t["name"], list(t["y"])) for t in state["_widget_data"]] == [
+        ("bleu", [0.2]), ("rouge1", [0.5]), ("rouge2", [0.3]), ("rougeL", [0.45]), ("chrf", [0.4])]
+    run.emit(started(100, step=1))  # resumed from the checkpoint of step 1: the scores of step 2 are redone
+    _until(lambda: all(not t.x for t in dashboard.metrics_figure.data))
+    run.emit(scored(2, bleu=0.25))
+    _until(lambda: dashboard.metrics_figure.data[0].y == (0.25,))
+    assert all(not t.x for t in dashboard.metrics_figure.data[1:])
+    run.emit(ev.Finished(step=2, elapsed=1.0, output_path="x", reason="completed"))
+    dashboard._drawer.join(5)
+
+
+def test_curves_keep_scores_per_key_and_drop_them_on_resume() -> None:
+    curves = Curves()
+    curves.add(started(12))
+    curves.add(scored(4, accuracy=0.5, perplexity=9.0, my_loss=2.0))
+    curves.add(scored(8, accuracy=0.9, my_loss=1.0))
+    curves.add(scored(12, accuracy=0.7, my_loss=1.5))
+    assert list(curves.metrics) == ["accuracy", "my_loss"]  # perplexity has its own chart
+    assert curves.latest() == {"accuracy": 0.7, "my_loss": 1.5}
+    assert curves.best() == {"accuracy": (8, 0.9), "my_loss": (8, 1.0)}  # a loss is best when lowest
+    assert not curves.metrics_are_fractions() and curves.metrics_title() == "metrics per step"
+    curves.add(started(12, step=4))  # resumed from the checkpoint of step 4
+    assert curves.metrics["accuracy"].steps == [4] and curves.best()["accuracy"] == (4, 0.5)
+
+
+def test_runs_table_shows_the_main_metric(run: TrainingRun) -> None:
+    from slmnb.notebook.views import RunsTable
+
+    run.emit(started(8))
+    run.emit(step(4))
+    run.emit(scored(4, rougeL=0.25, bleu=0.1))
+    run.emit(ev.Eval(step=8, elapsed=0.8, eval_loss=0.9, perplexity=2.5, metrics={}))  # an eval without answers
+    table = RunsTable.of([run])
+    assert table.rows[0]["metric"] == ("rougeL", 0.25)
+    text = repr(table).splitlines()
+    assert "metric" in text[0] and "rougeL 25.0%" in text[-1]
+    assert "<td style='text-align:left;white-space:pre-wrap'>rougeL 25.0%</td>" in table._repr_html_()
+
+
+def test_a_real_run_scores_its_answers_for_every_view(workdir: Path, tiny: dict, comms: list) -> None:
+    """The scores a run writes are read back from its folder by the dashboard, its record, %finetune runs and
+    compare_runs; a run that generates nothing shows none."""
+    from slmnb.notebook.views import RunsTable
+
+    slmnb.finetune(tiny, name="scored", max_steps=8, metrics=["accuracy", "f1"], eval_generate_samples=4).wait()
+    slmnb.finetune(tiny, name="plain", max_steps=8, eval_generate_samples=0).wait()
+    dashboard = Dashboard(slmnb.load_run("runs/scored")).follow()
+    assert [t.name for t in dashboard.metrics_figure.data] == ["accuracy", "f1"]
+    assert list(dashboard.metrics_figure.data[0].x) == [4, 8]
+    assert "accuracy, f1 per step" in dashboard.record_bundle()["image/svg+xml"]
+    assert re.search(r"accuracy \d+\.\d% \(best \d+\.\d% at step [48]\)", dashboard.status.value)
+    table = RunsTable.of(slmnb.list_runs())
+    metric = {row["name"]: row["metric"] for row in table.rows}
+    assert metric["plain"] is None and metric["scored"][0] == "accuracy" and 0 <= metric["scored"][1] <= 1
+    # The lab's runs panel reads the same from run.json (metric.ts, checked against main_metric in
+    # test_labextension.py), without the run's metrics.jsonl.
+    from slmnb.notebook.charts import main_metric
+
+    state = slmnb.load_run("runs/scored").folder.read_state()
+    assert main_metric(state["metrics"]["last"]) == metric["scored"]
+    figure = slmnb.compare_runs(["scored", "plain"])
+    named = {t.name: t for t in figure.data}
+    assert {"scored accuracy", "scored f1"} <= set(named) and not any(n.startswith("plain acc") for n in named)
+    assert named["scored accuracy"].line.color == named["scored train"].line.color  # the run's colour
+    assert named["scored accuracy"].xaxis == "x3" and figure.layout.yaxis3.tickformat == ".0%"
+    assert list(named["scored accuracy"].x) == [4, 8]

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections import Counter
 
 import pytest
@@ -28,6 +29,43 @@ def test_bundled_tones_is_balanced_and_test_is_unseen() -> None:
     train = {r["phrase"].strip().lower() for r in splits["train"]}
     assert len(train) == len(splits["train"])
     assert not train & {r["phrase"].strip().lower() for r in splits["test"]}
+
+
+HOUSE_STYLE = re.compile(r"(Added|Changed|Fixed|Removed|Improved): \S[^\n]*?( \(#(\d+)\))?\.")
+
+
+def test_bundled_changelog_loads_by_name_with_unseen_test_rows() -> None:
+    data = load_data(with_default_templates(FinetuneConfig(data_name="changelog", eval_split="test")))
+    assert len(data.train) >= 300 and len(data.eval) >= 40 and data.columns == ["note", "entry"]
+    notes = [r["note"].strip().lower() for r in data.train]
+    assert len(set(notes)) == len(notes)
+    assert not set(notes) & {r["note"].strip().lower() for r in data.eval}
+
+
+def test_changelog_entries_keep_the_house_style() -> None:
+    # Every reference is one line "Kind: what changed[ on Platform][ (#n)]." that carries the ticket number exactly
+    # when the note names one: the style the fine-tune learns must be the same in every row, or ROUGE against the
+    # references measures noise.
+    for split, rows in read_splits(FinetuneConfig(data_name="changelog")).items():
+        kinds = set()
+        for row in rows:
+            match = HOUSE_STYLE.fullmatch(row["entry"])
+            assert match, f"{split}: {row['entry']!r}"
+            kinds.add(match[1])
+            named = re.findall(r"(?:#|ticket |issue |gh-)(\d+)", row["note"])
+            assert named == ([match[3]] if match[3] else []), f"{split}: {row}"
+        assert kinds == {"Added", "Changed", "Fixed", "Removed", "Improved"}
+
+
+def test_changelog_templates_render_and_fit_the_demo_sequence_length() -> None:
+    from slmnb.demo import GENERATION_DEMO_CONFIG
+
+    # tiny-llama has the embedded model's tokenizer; train+test so that no row of either split is cut
+    shown = preview({**GENERATION_DEMO_CONFIG, "model_name_or_path": "tiny-llama", "train_split": "train+test"}, n=2)
+    first = shown.rows[0]
+    assert first["prompt"].rstrip().endswith(f"{first['note']}<|im_end|>\n<|im_start|>assistant")
+    assert first["response"] == f"{first['entry']}<|im_end|>\n"
+    assert shown.truncated == 0 and shown.token_stats["max"] <= GENERATION_DEMO_CONFIG["max_seq_len"]
 
 
 def test_bundled_data_brings_its_templates() -> None:
@@ -79,7 +117,7 @@ def test_slices_and_held_out_eval() -> None:
     ("values", "message"),
     [
         ({"data_files": "missing.json"}, "Data file 'missing.json' does not exist: check data_files"),
-        ({"data_name": "no-such-set"}, "neither a bundled dataset (tones)"),
+        ({"data_name": "no-such-set"}, "neither a bundled dataset (changelog, tones)"),
         ({"rows": ROWS, "train_split": "valid"},
          "train_split 'valid' names no split of the data: the splits are train."),
         ({"rows": ROWS, "train_split": "train[:x]"}, "is not a split or slice such as"),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import shutil
@@ -136,6 +137,50 @@ def test_export_predict_matches_pytorch_predict(inside) -> None:
     assert len(pieces) == 4 and "".join(pieces).strip() == ex.predict(["I lost my keys"], max_new_tokens=4)[0]
 
 
+def test_export_evaluate_scores_as_run_evaluate_does(inside) -> None:
+    """fp32 ONNX is the PyTorch model (logits within 1e-4 above), so on the same rows it gives the same answers and
+    so exactly the same scores (tolerance 0); the base model too. Perplexity is PyTorch's only."""
+    run, ex = inside["run"], inside["fp32"]
+    asked = {"split": "test[:12]", "metrics": ["accuracy", "f1", "perplexity"], "max_new_tokens": 4}
+    for adapter in (True, False):
+        onnx, pytorch = ex.evaluate(**asked, adapter=adapter), run.evaluate(**asked, adapter=adapter)
+        assert onnx.predictions == pytorch.predictions and len(onnx.predictions) == 12
+        assert onnx.references == pytorch.references and onnx.per_row == pytorch.per_row
+        assert onnx.scores == {k: v for k, v in pytorch.scores.items() if k != "perplexity"}
+        assert set(onnx.scores) == {"accuracy", "f1"} and "perplexity" in pytorch.scores
+        assert onnx.prompt_tokens == pytorch.prompt_tokens and onnx.seconds > 0
+        assert onnx.model == ("ONNX fp32 + adapter" if adapter else "ONNX fp32 base model")
+    shots = ex.evaluate(split="test[:4]", metrics="exact_match", adapter=False, max_new_tokens=2,
+                        examples=run_rows(run)[:2], progress=False)
+    assert shots.model == "ONNX fp32 base, 2-shot" and list(shots.scores) == ["exact_match"]
+    assert shots.prompt_tokens > onnx.prompt_tokens  # the two solved examples ride along in every prompt
+
+
+def run_rows(run) -> list[dict]:
+    from slmnb.datafiles import read_splits
+
+    return list(read_splits(run.config)["train"])
+
+
+def test_export_evaluate_mistakes_are_one_sentence(inside) -> None:
+    from slmnb.errors import ConfigError
+    from slmnb.opt.export import Export
+
+    ex = inside["fp32"]
+    for options, problem in [({"split": "dev"}, "names no split of the run's data: the splits are"),
+                             ({"metrics": ["acuracy"]}, "acuracy"),
+                             ({"max_new_tokens": 0}, "max_new_tokens must be a whole number of at least 1")]:
+        with pytest.raises((ConfigError, ExportError), match=problem) as failure:
+            ex.evaluate(**options)
+        one_sentence(str(failure.value))
+    with pytest.raises(ExportError, match="was exported without a run, so it has no data split") as failure:
+        Export(ex.folder).evaluate()
+    one_sentence(str(failure.value))
+    with pytest.raises(ConfigError, match="Unknown metric 'acuracy' \\(did you mean accuracy\\?\\)") as failure:
+        slmnb.compare("tuned", evaluate=True, metrics="accuracy,acuracy")  # before any export or generation
+    one_sentence(str(failure.value))
+
+
 def test_exporting_again_reuses_everything_and_a_second_run_only_adds_its_adapter(inside) -> None:
     ex = inside["fp32"]
     built = (ex.folder / "model.onnx").stat().st_mtime_ns
@@ -214,6 +259,37 @@ def test_compare_puts_base_run_and_few_shot_side_by_side(inside, capfd) -> None:
     assert comparison.columns[2].agreement is None  # few-shot has no PyTorch twin
     text = str(comparison)
     assert "test accuracy (ONNX)" in text and "I lost my keys" in text
+    # Every metric of the run per column, ONNX beside PyTorch (the few-shot column has no PyTorch twin).
+    assert all(set(c.evaluation.scores) == {"accuracy", "f1"} for c in comparison.columns)
+    assert set(run_column.pytorch.scores) == {"accuracy", "f1"} and comparison.columns[2].pytorch is None
+    labels = [row[0] for row in comparison.summary_rows()]
+    assert labels[1] == "ONNX answers = PyTorch's"
+    assert {"test f1 (ONNX)", "test f1 (PyTorch)", "prompt tokens/request (test)", "time/request (test)",
+            "training once: time, tokens"} <= set(labels)
+    trade = comparison.trade_line()
+    assert trade is not None and trade.startswith("tuned: the fine-tune ") and "than 2-shot prompting" in text
+    assert trade in text
+
+
+def test_the_trade_line_follows_what_was_measured(inside) -> None:
+    """The sentence's numbers are the comparison's: change a measured time and the sentence changes with it."""
+    comparison = slmnb.compare("tuned", prompts=["I lost my keys"], max_new_tokens=2, few_shot=2, evaluate=True)
+    tuned, shots = comparison.columns[1], comparison.columns[2]
+    seconds, tokens = tuned.training()
+    assert seconds == pytest.approx(inside["run"].history[-1].elapsed, rel=0.01)
+    assert tokens == next(e for e in reversed(inside["run"].history) if type(e).__name__ == "Step").tokens_seen > 0
+    rows = len(comparison.test_rows)
+    tuned.evaluation.seconds, shots.evaluation.seconds = 0.1 * rows, 0.3 * rows  # 0.2 s saved per request
+    line = comparison.trade_line()
+    assert f"pays back after {math.ceil(seconds / 0.2):,} requests of prompt time (100 ms against 300 ms" in line
+    points = round((tuned.accuracy - shots.accuracy) * 100)
+    quality = f"is {abs(points)} points {'more' if points > 0 else 'less'} accurate" if points else "is as accurate"
+    assert line.startswith(f"tuned: the fine-tune {quality} and uses ")
+    ratio = shots.prompt_tokens() / tuned.prompt_tokens()
+    assert f"uses {ratio:.1f}x fewer prompt tokens per request" in line
+    shots.evaluation.seconds = 0.05 * rows
+    assert "it is not faster per request (100 ms against 50 ms per request)" in comparison.trade_line()
+    assert comparison.trade_line() in str(comparison)
 
 
 def test_opt_magic_exports_lists_and_compares(inside, ip) -> None:
@@ -225,6 +301,12 @@ def test_opt_magic_exports_lists_and_compares(inside, ip) -> None:
     assert "tuned" in repr(table) and "fp32" in repr(table)
     view = ip.run_line_magic("opt", "compare tuned --max_new_tokens 3 --wait")
     assert view.comparison.status == "done" and len(view.comparison.columns) == 2
+    assert "Fine-tune or prompt?" not in view._render()[0]  # no few-shot column, nothing to weigh
+    view = ip.run_line_magic("opt", "compare tuned --max_new_tokens 3 --few-shot 2 --wait")
+    html, text = view._render()
+    trade = view.comparison.trade_line()  # without --eval: the prompts shown are what was measured
+    assert "than 2-shot prompting" in trade and "time/request (shown)" in text
+    assert f"Fine-tune or prompt?</b> {trade}" in html.replace("&#x27;", "'") and text.endswith(trade)
     seen: list[str] = []
     view = ip.run_line_magic("opt", "compare tuned --max_new_tokens 3 --eval")
     while not view.done:  # the status line while it works: rows done of total, and how to stop it

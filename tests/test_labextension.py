@@ -8,6 +8,7 @@ from this checkout, installed where Node is absent, must show the extension to J
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import shlex
@@ -122,3 +123,37 @@ def test_the_extension_handles_the_mime_type_the_form_displays() -> None:
     source = (ROOT / "labextension" / "src" / "formcell.ts").read_text(encoding="utf-8")
     assert f"export const CELL_MIME = '{CELL_MIME}';" in source
     assert "insertFormCells(notebooks)" in (ROOT / "labextension" / "src" / "index.ts").read_text(encoding="utf-8")
+
+
+NODE_MODULES = ROOT / "labextension" / "node_modules"
+
+
+@pytest.mark.skipif(shutil.which("node") is None or not (NODE_MODULES / "typescript").is_dir(),
+                    reason="needs Node and the extension's node_modules (make setup)")
+def test_the_runs_panel_shows_the_main_metric_as_the_runs_table_does() -> None:
+    """labextension/src/metric.ts, compiled by the extension's own TypeScript and run by Node, picks and writes a
+    run's main metric from run.json's metrics.last exactly as slmnb's runs table does."""
+    from slmnb.notebook.charts import main_metric, metric_text
+
+    cases = [{"accuracy": 0.91666, "f1": 0.88}, {"eval_loss": 0.3, "perplexity": 3.2, "rougeL": 0.25},
+             {"bleu": math.nan, "chrf": 0.4}, {"my_score": 12.5}, {"accuracy": 1.0}, {"exact_match": 0.0},
+             {"eval_perplexity": 5.0, "eval_accuracy": 0.5}, {"perplexity": 5.0}, {}]
+    script = """
+        const ts = require(process.argv[1] + '/typescript');
+        const source = require('fs').readFileSync(process.argv[2], 'utf8');
+        const js = ts.transpileModule(source, { compilerOptions: { module: ts.ModuleKind.CommonJS } }).outputText;
+        const m = {};
+        new Function('exports', js)(m);
+        const cases = JSON.parse(process.argv[3].replace(/\\bNaN\\b/g, 'null'));
+        console.log(JSON.stringify(cases.map(c => {
+          const main = m.mainMetric(c);
+          return main && [main[0], m.metricText(main[0], main[1])];
+        })));
+    """
+    done = subprocess.run(["node", "-e", script, str(NODE_MODULES), str(ROOT / "labextension" / "src" / "metric.ts"),
+                           json.dumps(cases)], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    expected = [[main[0], metric_text(*main)] if (main := main_metric(c)) else None for c in cases]
+    assert json.loads(done.stdout) == expected
+    assert expected[:7] == [["accuracy", "91.7%"], ["rougeL", "25.0%"], ["chrf", "40.0%"], ["my_score", "12.5"],
+                            ["accuracy", "100.0%"], ["exact_match", "0.0%"], ["eval_accuracy", "50.0%"]]

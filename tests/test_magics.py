@@ -189,3 +189,40 @@ def test_opt_help_prints_the_usage(ip, line: str) -> None:
         result = ip.run_cell(f"%opt {line}")
     assert result.error_in_exec is None, result.error_in_exec
     assert "%opt export RUN" in shown.stdout and "%opt compare RUN" in shown.stdout
+
+
+def test_finetune_eval_shows_metrics_confusion_matrix_and_wrong_rows(ip, workdir: Path, body: str) -> None:
+    ip.run_cell_magic("finetune", "--name judged --wait", body)
+    with capture_output() as shown:
+        result = ip.run_cell("view = %finetune eval judged --split eval --base --max_new_tokens 4\nview")
+    assert result.error_in_exec is None, result.error_in_exec
+    view = ip.user_ns["view"]
+    base, tuned = view.evaluations
+    assert (base.model, tuned.model) == ("base model", "fine-tuned") and tuned.metrics == base.metrics
+    tables, heatmap, wrong = (output.data for output in shown.outputs)
+    # The table: a column per model, a row per score.
+    assert "<th style='text-align:left'>base model</th><th style='text-align:left'>fine-tuned</th>" in tables[
+        "text/html"]
+    for key in ("accuracy", "f1", "perplexity", "seconds / answer"):
+        assert f">{key}</td>" in tables["text/html"] and key in tables["text/plain"]
+    # The confusion matrix: a Plotly heatmap for JupyterLab and the same counts as SVG for a saved notebook.
+    labels, matrix = tuned.confusion() or ([], [])
+    figure = heatmap["application/vnd.plotly.v1+json"]
+    assert figure["data"][0]["type"] == "heatmap" and figure["data"][0]["z"] == matrix
+    assert heatmap["image/svg+xml"].startswith("<svg") and ">Joy</text>" in heatmap["image/svg+xml"]
+    assert sum(map(sum, matrix)) == len(tuned.rows) and labels[0] == "Joy"
+    # The misses, counted and listed; the text form of the whole view says the same.
+    missed = len(tuned.wrong_rows())
+    said = f"gets {missed} of {len(tuned.rows)} rows wrong" if missed else f"answers all {len(tuned.rows)} rows"
+    assert said in wrong["text/html"] and said in repr(view)
+    assert wrong["text/html"].count("<tr>") == (min(missed, 10) + 1 if missed else 0)
+
+
+def test_finetune_eval_errors_are_one_sentence(ip, workdir: Path) -> None:
+    with pytest.raises(UsageError, match="No run called 'ghost'"):
+        ip.run_line_magic("finetune", "eval ghost")
+    with pytest.raises(UsageError, match="%finetune eval has no option --splitt: see %finetune eval --help."):
+        ip.run_line_magic("finetune", "eval ghost --splitt test")
+    with capture_output() as shown:
+        ip.run_line_magic("finetune", "eval --help")
+    assert "%finetune eval NAME [--split S] [--metrics m1,m2] [--base]" in shown.stdout

@@ -281,3 +281,99 @@ def test_resuming_a_run_that_still_trains_is_refused(workdir, tiny) -> None:
     finally:
         run.stop()
         run.wait()
+
+
+# --- generation-eval while training (issue 15) -----------------------------------------------------------------
+
+
+def two_tones(tiny: dict) -> list[dict]:
+    return [{"phrase": row["phrase"], "tone": "Joy" if i % 2 else "Sad"} for i, row in enumerate(tiny["rows"])]
+
+
+def test_each_evaluation_scores_generated_answers_into_events_and_run_files(workdir, tiny) -> None:
+    run = slmnb.finetune(tiny, name="scored", rows=two_tones(tiny), max_steps=8).wait()
+    started = run.history[0]
+    assert isinstance(started, ev.Started) and started.metrics == ("accuracy", "f1")
+    assert "metrics: accuracy, f1 (the responses take 2 distinct values)" in started.notes
+    config = load_config(run.dir / "config.yaml")  # settled when the run started, as target_modules is
+    assert config.metrics == ["accuracy", "f1"] and config.eval_generate_samples == 16 and config == run.config
+    evals = [e for e in run.history if isinstance(e, ev.Eval)]
+    assert [e.step for e in evals] == [4, 8]
+    for event in evals:
+        assert set(event.metrics) == {"accuracy", "f1"} and all(0 <= v <= 1 for v in event.metrics.values())
+    lines = [json.loads(line) for line in (run.dir / "metrics.jsonl").read_text().splitlines()]
+    assert [line["metrics"] for line in lines if line["event"] == "eval"] == [e.metrics for e in evals]
+    state = json.loads((run.dir / "run.json").read_text())
+    assert state["metrics"]["last"] == evals[-1].metrics
+    assert state["metrics"]["best"] == {k: max(e.metrics[k] for e in evals) for k in ("accuracy", "f1")}
+    # A run read back from its folder has the same scores, and counts the tokens it trained on.
+    again = Runs("runs").open(run.dir)
+    assert [e.metrics for e in again.history if isinstance(e, ev.Eval)] == [e.metrics for e in evals]
+    seen = [e.tokens_seen for e in steps_of(run)]
+    assert seen[0] > 0 and seen == sorted(seen) and len(set(seen)) == len(seen)
+
+
+def test_early_stopping_on_a_generation_metric(workdir, tiny) -> None:
+    # Training teaches Joy and the held-out rows answer Sad: accuracy stays 0, so it never improves after the
+    # first evaluation, and patience 2 must end the run at the third.
+    rows = tiny["rows"][:40] + [{"phrase": f"another phrase {i}", "tone": "Sad"} for i in range(8)]
+    run = slmnb.finetune(tiny, name="early-metric", rows=rows, train_split="train[:40]", eval_split="train[40:]",
+                         learning_rate=3e-2, max_steps=40, eval_steps=2, early_stopping_patience=2,
+                         metrics=["accuracy"], metric_for_best_model="accuracy").wait()
+    finished = run.history[-1]
+    assert isinstance(finished, ev.Finished) and finished.reason == "early stopping"
+    evals = [e for e in run.history if isinstance(e, ev.Eval)]
+    assert [e.step for e in evals] == [2, 4, 6] and run.step == 6
+    assert all(e.metrics == {"accuracy": 0.0} for e in evals)
+
+
+def test_generation_eval_off_adds_no_metrics(workdir, tiny) -> None:
+    run = slmnb.finetune(tiny, name="no-generation", max_steps=4, eval_steps=2, eval_generate_samples=0).wait()
+    started = run.history[0]
+    assert isinstance(started, ev.Started) and started.metrics == ()
+    assert all(e.metrics == {} for e in run.history if isinstance(e, ev.Eval))
+    assert "metrics" not in json.loads((run.dir / "run.json").read_text())
+    assert run.config.metrics == ["accuracy", "f1"]  # still chosen: run.evaluate() uses them after training
+
+
+def test_generation_eval_on_bf16_weights(workdir, tiny) -> None:
+    # bf16 LoRA keeps the frozen Linear weights in bf16 and the rest in fp32: generate() runs outside the
+    # Trainer's autocast, so without its own it fails on the mixed dtypes.
+    run = slmnb.finetune(tiny, name="bf16-generation", max_steps=2, eval_steps=2, precision="bf16").wait()
+    evals = [e for e in run.history if isinstance(e, ev.Eval)]
+    assert run.history[0].precision == "bf16" and set(evals[-1].metrics) == {"accuracy", "f1"}
+
+
+LENGTH_RATIO = '''import datasets
+import evaluate
+
+
+class LengthRatio(evaluate.Metric):
+    def _info(self):
+        return evaluate.MetricInfo(description="answer length over reference length", citation="",
+                                   features=datasets.Features({"predictions": datasets.Value("string"),
+                                                               "references": datasets.Value("string")}))
+
+    def _compute(self, predictions, references):
+        return {"length_ratio": sum(map(len, predictions)) / max(sum(map(len, references)), 1)}
+'''
+
+
+def test_a_users_metric_module_scores_live_and_a_best_metric_it_lacks_is_one_sentence(workdir, tiny) -> None:
+    (workdir / "length_ratio.py").write_text(LENGTH_RATIO)
+    run = slmnb.finetune(tiny, name="own-metric", max_steps=2, eval_steps=2, metrics="./length_ratio.py, Accuracy")
+    run.wait()
+    assert run.config.metrics == ["./length_ratio.py", "accuracy"]
+    scores = [e.metrics for e in run.history if isinstance(e, ev.Eval)][-1]
+    assert set(scores) == {"length_ratio", "accuracy"}
+    # What a user's module computes is known once it has run: then a metric_for_best_model it lacks is refused at
+    # once, and before that, at the run's first evaluation.
+    with pytest.raises(ConfigError, match="'ratio' is not a score of this run's metrics: use one of eval_loss, "
+                                          "perplexity, length_ratio."):
+        slmnb.finetune(tiny, name="own-metric-best", metrics=["./length_ratio.py"], metric_for_best_model="ratio")
+    (workdir / "never_run.py").write_text(LENGTH_RATIO)
+    failing = slmnb.finetune(tiny, name="own-metric-best", max_steps=4, eval_steps=2, early_stopping_patience=1,
+                             metrics=["./never_run.py"], metric_for_best_model="ratio")
+    with pytest.raises(ConfigError, match=r"^metric_for_best_model ratio is not a score this run computes \(loss, "
+                                          r"perplexity, length_ratio\): set it to one of those\.$"):
+        failing.wait()

@@ -2,12 +2,14 @@
  * The runs folder next to the current notebook, read through Jupyter's contents API (no server extension).
  *
  * Each run folder holds run.json, which the training thread rewrites at most once a second with its status,
- * step, max_steps, last loss and last eval perplexity: one small file per run is all a poll reads. The poll is
+ * step, max_steps, last loss, last eval perplexity and generation metrics: one small file per run is all a poll
+ * reads. The poll is
  * quick while a run is live and slow otherwise, and the side panel and the status bar share it.
  */
 import { Contents } from '@jupyterlab/services';
 import { ISignal, Signal } from '@lumino/signaling';
 
+import { mainMetric, metricText } from './metric';
 import states from './states.json';
 
 /** Statuses of a run that is still going: slmnb.RunState's, which a Python test keeps equal to states.json. */
@@ -28,6 +30,8 @@ export interface IRunState {
   started_at?: number;
   updated_at?: number;
   reason?: string | null;
+  /** The generation metrics at the last evaluation and the best of each ({ accuracy: 0.917, f1: 0.9 }). */
+  metrics?: { last?: Record<string, number | null>; best?: Record<string, number | null> };
 }
 
 export function isLive(run: IRunState): boolean {
@@ -201,4 +205,10 @@ export function steps(run: IRunState): string {
     return '';
   }
   return run.max_steps ? `${run.step}/${run.max_steps}` : `${run.step}`;
+}
+
+/** The run's main metric as [key, text], such as ['accuracy', '91.7%'], or null when its evaluations scored none. */
+export function runMetric(run: IRunState): [string, string] | null {
+  const main = mainMetric(run.metrics?.last);
+  return main === null ? null : [main[0], metricText(...main)];
 }

@@ -77,5 +77,30 @@ def show(runs: Runs, args: list[str]) -> None:
     Dashboard(runs.open(_one_name(args, "show", required=True) or "")).show()
 
 
+def evaluate(runs: Runs, args: list[str]) -> Any:
+    """`%finetune eval RUN [--split S] [--metrics m1,m2] [--base]`: answers a split with the run's model, shows the
+    metrics (beside the base model's with --base), a classification's confusion matrix and the rows it gets wrong.
+
+    It blocks the cell with a progress bar, as predict() does; the kernel's interrupt stops it.
+    """
+    from slmnb.evaluation import add_eval_options, evaluate_options
+    from slmnb.notebook.eval_view import EvalView
+    from slmnb.options import OptionParser
+
+    parser = OptionParser(prog="%finetune eval", add_help=False)
+    add_eval_options(parser)
+    parsed, unknown = parser.parse_known_args(args)
+    if unknown:
+        raise RunError(f"%finetune eval has no option {unknown[0]}: see %finetune eval --help.")
+    options = vars(parsed)
+    run = runs.open(options.pop("run"))
+    try:
+        evaluations = evaluate_options(run, options)
+    except KeyboardInterrupt:
+        raise RunError(f"Stopped evaluating run {run.name!r}: nothing was kept; run the cell again to "
+                       "evaluate.") from None
+    return EvalView(run.name, evaluations, options["wrong"])
+
+
 ROUTES: dict[str, Callable[[Runs, list[str]], Any]] = {"runs": runs_table, "stop": stop, "pause": pause,
-                                                       "resume": resume, "show": show}
+                                                       "resume": resume, "show": show, "eval": evaluate}

@@ -1,4 +1,5 @@
-"""The live dashboard under a %%finetune cell: loss and perplexity charts, progress, status, and the run's buttons.
+"""The live dashboard under a %%finetune cell: loss and perplexity charts, progress, status, and the run's buttons;
+and a third chart, the generation metrics per step (accuracy, rougeL...), once the run's evaluations bring them.
 
 The training thread only appends events to a queue (a listener must be quick). One drawing thread per dashboard
 turns them into widget changes at most four times a second, so the dashboard is the single writer of its widgets
@@ -19,7 +20,17 @@ from html import escape
 from typing import Any
 
 from slmnb.errors import SlmnbError
-from slmnb.notebook.charts import MARKERS_UP_TO, Curves, decimate, log_ticks, render_svg, rounded, tick_text
+from slmnb.notebook.charts import (
+    MARKERS_UP_TO,
+    Curves,
+    decimate,
+    log_ticks,
+    metric_colour,
+    metric_text,
+    render_svg,
+    rounded,
+    tick_text,
+)
 from slmnb.text import clock
 from slmnb.training import events as ev
 from slmnb.training.base import describe
@@ -54,6 +65,9 @@ class Dashboard:
         self._tokens_per_second: float | None = None
         self._end_event: ev.Event | None = None  # the Finished, Stopped or Failed event drawn
         self._sent: dict[int, tuple[int, float | None]] = {}
+        self._sent_metrics: dict[str, tuple[int, float | None]] = {}
+        self._metrics_axis: tuple[Any, ...] | None = None  # the metrics chart's title and scale sent last
+        self.metrics_figure: Any = None  # made when the first score arrives: a run without them has no third chart
         self._notice = ""
         # What a person should know about this run: the config's likely mistakes at once, then the Started
         # event's notes (a skipped damaged checkpoint, say), each said once.
@@ -89,10 +103,7 @@ class Dashboard:
         # No width: plotly sizes the charts to the cell's width, which a narrow pane must not overflow.
         figure.update_layout(height=320, autosize=True, margin={"l": 50, "r": 20, "t": 40, "b": 40},
                              legend={"orientation": "h", "y": -0.25}, template="plotly_white")
-        self.figure = live_figure_class()(figure)
-        # plotly redraws a responsive chart at its element's width on a window resize, which the extension sends
-        # when a cell's width changes (plotly's widget alone keeps the width of its first draw).
-        self.figure._config = {**self.figure._config, "responsive": True}
+        self.figure = responsive(live_figure_class()(figure))
         # A column: its child takes the full width (a row would size it to the chart's first 700px).
         self.charts = w.VBox([self.figure], layout={"width": "100%"})
         self.title = w.HTML(self._title_html())
@@ -271,6 +282,56 @@ class Dashboard:
                         trace.mode = "lines+markers" if len(xs) <= MARKERS_UP_TO else "lines"
                 if axes != self._axes:
                     self._draw_axes(axes)
+        self._draw_metrics()
+
+    def _draw_metrics(self) -> None:
+        """The third chart: one line per score key, on a 0-100% axis when every score is a fraction."""
+        metrics = self.curves.metrics
+        if self.metrics_figure is None:
+            if not metrics:
+                return
+            self._build_metrics_figure()
+        figure = self.metrics_figure
+        changed = []
+        for index, (key, series) in enumerate(metrics.items()):
+            signature = (len(series.steps), series.values[-1])
+            if self._sent_metrics.get(key) != signature:
+                self._sent_metrics[key] = signature
+                changed.append((index, key, *decimate(series.steps, series.values, self.max_points)))
+        axis = (self.curves.metrics_title(), self.curves.metrics_are_fractions(), self._axes and self._axes[0])
+        # A resumed run re-trains past its checkpoint: a key first seen after it (always among the last) is gone.
+        stale = [trace for trace in figure.data[len(metrics):] if trace.x]
+        if not changed and not stale and axis == self._metrics_axis:
+            return
+        import plotly.graph_objects as go
+
+        for index, key, _, _ in changed:
+            if index >= len(figure.data):  # a key first seen now (a user's metric says its keys when it runs)
+                figure.add_trace(go.Scatter(name=key, mode="lines+markers", line={"color": metric_colour(index)}))
+        with figure.batch_update():
+            for index, _, xs, ys in changed:
+                figure.data[index].x, figure.data[index].y = xs, rounded(ys)
+            for trace in stale:
+                trace.x, trace.y = [], []
+                self._sent_metrics.pop(trace.name, None)
+            if axis != self._metrics_axis:
+                title, fractions, dtick = axis
+                figure.update_layout(title_text=title)
+                figure.update_yaxes(tickformat=".0%" if fractions else None,
+                                    range=[-0.02, 1.02] if fractions else None, autorange=not fractions)
+                figure.update_xaxes(dtick=dtick, tick0=0 if dtick else None)
+                self._metrics_axis = axis
+
+    def _build_metrics_figure(self) -> None:
+        import plotly.graph_objects as go
+
+        figure = go.Figure()
+        figure.update_xaxes(title_text="step", rangemode="tozero")
+        figure.update_layout(height=280, autosize=True, margin={"l": 50, "r": 20, "t": 40, "b": 40},
+                             title={"font": {"size": 14}, "x": 0.5}, legend={"orientation": "h", "y": -0.3},
+                             template="plotly_white")
+        self.metrics_figure = responsive(live_figure_class()(figure))
+        self.charts.children = (*self.charts.children, self.metrics_figure)
 
     def _axes_view(self) -> tuple[Any, ...]:
         c = self.curves
@@ -380,10 +441,21 @@ class Dashboard:
                            f"{ev.perplexity(self.curves.eval_loss[-1]):.3g}")
         if metrics:
             lines.append(" · ".join(metrics))
+        if scores := self.score_text():
+            lines.append(scores)
         if status in (S.FINISHED, S.STOPPED) and self.run.output_path.is_dir():
             lines.append(f"{'Adapter' if self.run.config.method != 'full' else 'Model'} saved to "
                          f"{self.run.output_path}")
         return lines
+
+    def score_text(self) -> str:
+        """The generation metrics at the last evaluation, each with its best so far: what the third chart shows."""
+        best = self.curves.best()
+        parts = []
+        for key, value in self.curves.latest().items():
+            best_step, best_value = best[key]
+            parts.append(f"{key} {metric_text(key, value)} (best {metric_text(key, best_value)} at step {best_step})")
+        return " · ".join(parts)
 
     def _saved(self, key: str) -> Any:
         """A value of the run's run.json (a run read from disk has no end event); None when it cannot be read."""
@@ -397,6 +469,13 @@ class Dashboard:
         lines = self.summary_lines()
         title = f"{self.run.name} ({self.run.config.model_name_or_path}, {describe(self.run.config)})"
         return {"image/svg+xml": render_svg(self.curves, title, lines), "text/plain": "\n".join([title, *lines])}
+
+
+def responsive(figure: Any) -> Any:
+    """plotly redraws a responsive chart at its element's width on a window resize, which the extension sends when
+    a cell's width changes (plotly's widget alone keeps the width of its first draw)."""
+    figure._config = {**figure._config, "responsive": True}
+    return figure
 
 
 @cache

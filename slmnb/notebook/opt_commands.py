@@ -15,9 +15,11 @@ USAGE = """%opt export RUN [--precision int4|int8|fp32] [--adapters switchable|m
 %opt adapters [-o DIR]
     The base models, merged models and adapters in the exports folder (default ./onnx).
 %opt compare RUN [RUN ...] [--prompts FILE] [--eval] [--max_new_tokens N] [--few-shot K] [--wait]
-    The base model and each run answering the same prompts side by side, streaming; --eval adds test-split
-    accuracy per column and how often the ONNX answers agree with PyTorch's. `view = %opt compare ...` keeps it
-    (view.wait() gives the Comparison, view.stop() ends the generation)."""
+    The base model and each run answering the same prompts side by side, streaming; --eval scores every column
+    on the test split with the run's metrics (ONNX beside PyTorch) and says how often the ONNX answers agree with
+    PyTorch's; --few-shot adds the cost per request and each fine-tune's training, weighed in one
+    sentence. `view = %opt compare ...` keeps it (view.wait() gives the Comparison, view.stop() ends the
+    generation)."""
 
 
 def _parser(command: str, add: Callable[[argparse.ArgumentParser], None]) -> OptionParser:

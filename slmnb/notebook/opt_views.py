@@ -218,6 +218,10 @@ class ComparisonView(Background):
             header, rows = c.header(), c.answer_rows() + c.summary_rows()
             html += html_table(header, rows)
             text += "\n" + text_table(header, rows, width=30)
+            trade = c.trade_line() if c.status in ("done", "stopped") else None  # from finished measurements only
+            if trade:
+                html += f"<p style='margin-top:0.5em'><b>Fine-tune or prompt?</b> {escape(trade)}</p>"
+                text += f"\n\n{trade}"
         return html, text
 
     def stop(self) -> None:

@@ -15,7 +15,7 @@ from slmnb.checks import short_repr
 from slmnb.errors import ConfigError
 from slmnb.options import OptionParser, add_config_options, refuse_unknown
 
-SUBCOMMANDS = ("runs", "stop", "pause", "resume", "show")
+SUBCOMMANDS = ("runs", "stop", "pause", "resume", "show", "eval")
 
 
 @dataclass(frozen=True)
@@ -68,5 +68,8 @@ def help_text() -> str:
                    "  %finetune stop|pause [NAME] the active run, or the named one\n"
                    "  %finetune resume NAME [--max_steps N ...]  continue a paused or ended run, with its dashboard\n"
                    "  %finetune show NAME         the dashboard of a running or finished run\n"
+                   "  %finetune eval NAME [--split S] [--metrics m1,m2] [--base] [--max_new_tokens N] [--wrong N]\n"
+                   "                              a split answered and scored: metrics (beside the base model's\n"
+                   "                              with --base), confusion matrix, the rows it gets wrong\n"
                    "  %finetune --form            the config form\n")
     return build_parser().format_help() + subcommands

@@ -8,6 +8,7 @@ from html import escape
 from typing import Any
 
 from slmnb.data import Preview
+from slmnb.notebook.charts import main_metric, metric_text
 from slmnb.text import clock, text_table
 from slmnb.training import events as ev
 
@@ -49,7 +50,7 @@ class DryRun:
         return self.preview.config.to_yaml(include_defaults=False, always=("model_name_or_path",))
 
 
-RUN_COLUMNS = ["name", "status", "steps", "loss", "eval loss", "perplexity", "duration"]
+RUN_COLUMNS = ["name", "status", "steps", "loss", "eval loss", "perplexity", "metric", "duration"]
 
 
 @dataclass
@@ -65,12 +66,14 @@ class RunsTable:
         for run in runs:
             steps = [e for e in run.history if isinstance(e, ev.Step)]
             evals = [e for e in run.history if isinstance(e, ev.Eval)]
+            scored = [e.metrics for e in evals if e.metrics]
             elapsed = run.history[-1].elapsed if run.history else run.folder.read_state().get("elapsed")
             rows.append({
                 "name": run.name, "status": run.status, "step": run.step, "max_steps": run.max_steps,
                 "loss": steps[-1].loss if steps else None,
                 "eval_loss": evals[-1].eval_loss if evals else None,
                 "perplexity": evals[-1].perplexity if evals else None,
+                "metric": main_metric(scored[-1]) if scored else None,  # (key, value) at the last scored eval
                 "duration": elapsed if isinstance(elapsed, int | float) else 0.0, "dir": str(run.dir),
             })
         return cls(rows, list(getattr(runs, "skipped", [])))
@@ -79,8 +82,11 @@ class RunsTable:
         def num(x: float | None) -> str:
             return "" if x is None or not math.isfinite(x) else f"{x:.4g}"
 
+        def metric(pair: tuple[str, float] | None) -> str:
+            return f"{pair[0]} {metric_text(*pair)}" if pair else ""
+
         return [[r["name"], r["status"], f"{r['step']}/{r['max_steps'] or '?'}", num(r["loss"]), num(r["eval_loss"]),
-                 num(r["perplexity"]), clock(r["duration"] or 0)] for r in self.rows]
+                 num(r["perplexity"]), metric(r["metric"]), clock(r["duration"] or 0)] for r in self.rows]
 
     def _repr_html_(self) -> str:
         table = html_table(RUN_COLUMNS, self._cells()) if self.rows else "<i>No runs yet in this runs folder.</i>"

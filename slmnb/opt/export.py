@@ -135,6 +135,92 @@ class Export:
         pieces = self.stream(prompt, max_new_tokens, adapter)
         return pieces if stream else "".join(pieces).strip()
 
+    def evaluate(self, split: str = "test", metrics: Sequence[str] | str | None = None, adapter: bool = True,
+                 max_new_tokens: int | None = None, examples: Sequence[dict[str, Any]] = (),
+                 progress: bool | Callable[[int, int], None] = True, model: str | None = None,
+                 rows: Sequence[dict[str, Any]] | None = None) -> Any:
+        """The run's split answered by this export with onnxruntime-genai and scored: an Evaluation, as
+        `run.evaluate` gives for PyTorch (slices work: test[:20]; metrics=None: the run's, else chosen from the data).
+
+        `examples` makes it a few-shot prompt of the base model (adapter=False). Requests go one at a time, as a
+        deployed model gets them, so `seconds` over the rows is the time per request; `prompt_tokens` is the mean
+        prompt length in tokens. Perplexity, if asked for, is left out of the scores (shown as "-"): it is the
+        model's loss on the reference answers, and onnxruntime-genai's generator only continues a prompt with its
+        own tokens, so the loss of given text is not something it computes; PyTorch's run.evaluate has it.
+        progress=True shows a bar of rows; a function gets (done, total) instead, and may raise to stop between rows.
+        `rows` replaces the split's rows (then `split` only names them): a comparison answers one run's rows
+        with every column. `model` titles the Evaluation's column.
+        """
+        from slmnb.evaluation import evaluate_answers
+
+        run = self._scored_run()
+        rows, metrics, max_new_tokens = _evaluation_inputs(run, split, metrics, max_new_tokens, self.tokenizer, rows)
+        model = model or self._evaluation_title(adapter, len(examples))
+        path = self._adapter_for(adapter)
+        onnx = onnx_model(self.folder)  # loaded before the clock starts: loading is not a request's time
+        prompts = [self.prompt_ids(row, examples) for row in rows]
+        answers, seconds = _answer_all(onnx, prompts, max_new_tokens, path, progress,
+                                       f"evaluating {model} on the {split} split")
+        return evaluate_answers(run.config, rows, answers, split=split, model=model, metrics=metrics,
+                                seconds=seconds, prompt_tokens=sum(map(len, prompts)) / len(prompts))
+
+    def _scored_run(self) -> Any:
+        if self.run is None:
+            raise ExportError(f"{self.folder} was exported without a run, so it has no data split or templates to "
+                              "evaluate on: evaluate the export of a run (slmnb.export(run)).")
+        return self.run
+
+    def _evaluation_title(self, adapter: bool, shots: int) -> str:
+        if shots:
+            return f"ONNX {self.precision} base, {shots}-shot"
+        if self.merged:
+            return f"ONNX {self.precision} merged"
+        return f"ONNX {self.precision} + adapter" if adapter else f"ONNX {self.precision} base model"
+
+
+def _evaluation_inputs(run: Any, split: str, metrics: Sequence[str] | str | None, max_new_tokens: int | None,
+                       tokenizer: Callable[[], Any], rows: Sequence[dict[str, Any]] | None = None
+                       ) -> tuple[list[dict[str, Any]], list[str], int]:
+    """The split's rows, the settled metric names and the answer length: every mistake before any generation,
+    in the same words as run.evaluate's."""
+    from slmnb.evaluation import metric_names, references_of, split_rows
+
+    rows = list(rows) if rows is not None else split_rows(run.config, split)
+    if not rows:
+        raise ExportError(f"There are no rows to evaluate run {run.name!r} on: give a split that has some.")
+    names = metric_names(run.config, references_of(run.config, rows), metrics)
+    if max_new_tokens is None:
+        max_new_tokens = answer_length(run.config, rows, tokenizer)
+    elif not isinstance(max_new_tokens, int) or isinstance(max_new_tokens, bool) or max_new_tokens < 1:
+        raise ExportError(f"max_new_tokens must be a whole number of at least 1, not {max_new_tokens!r}.")
+    return rows, names, max_new_tokens
+
+
+def answer_length(config: Any, rows: Sequence[dict[str, Any]], tokenizer: Callable[[], Any]) -> int:
+    """New tokens per answer, as run.evaluate allows them: the run's eval_max_new_tokens, else room for the longest
+    reference and a little more."""
+    from slmnb.evaluation import answer_budget, references_of
+
+    return getattr(config, "eval_max_new_tokens", None) or answer_budget(tokenizer(), references_of(config, rows))
+
+
+def _answer_all(onnx: Any, prompts: list[list[int]], max_new_tokens: int, adapter: Path | None,
+                progress: bool | Callable[[int, int], None], what: str) -> tuple[list[str], float]:
+    """Greedy answers to prompt ids, one request at a time, and the wall time they took."""
+    from slmnb.progress import progress as progress_bar
+
+    answers: list[str] = []
+    seconds = 0.0
+    with progress_bar(len(prompts), what, show=progress is True) as bar:
+        for ids in prompts:
+            started = time.perf_counter()
+            answers.append("".join(onnx.stream(ids, max_new_tokens, adapter)).strip())
+            seconds += time.perf_counter() - started  # a progress callback's own time is not the model's
+            bar.update()
+            if callable(progress):
+                progress(len(answers), len(prompts))
+    return answers, seconds
+
 
 def export(run_or_dir: Any, precision: str = "int4", adapters: str = "switchable", output: str | Path | None = None,
            device: str = "cpu", provider: str = "CPUExecutionProvider", on_phase: Phase | None = None) -> Export:

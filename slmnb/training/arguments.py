@@ -16,6 +16,7 @@ class StepPlan:
     eval_steps: int
     save_steps: int
     early_stopping: bool
+    load_best: bool = False  # keep the best evaluation's weights at the end (asked for, or early stopping)
 
 
 def plan_steps(config: FinetuneConfig, train_rows: int, has_eval: bool, world: int = 1) -> StepPlan:
@@ -26,10 +27,14 @@ def plan_steps(config: FinetuneConfig, train_rows: int, has_eval: bool, world: i
     eval_steps = config.eval_steps or max(1, total // 10)
     save_steps = config.save_steps or eval_steps
     early = config.early_stopping_patience is not None and has_eval
-    if early and save_steps % eval_steps:
-        raise ConfigError(f"early_stopping_patience needs save_steps to be a multiple of eval_steps ({eval_steps}): "
+    # Early stopping keeps the best weights too: the last ones are worse by the patience's evaluations.
+    best = (config.load_best_model_at_end or early) and has_eval
+    if best and save_steps % eval_steps:
+        # The best evaluation's weights can only be loaded at the end if a checkpoint was saved at it.
+        field = "early_stopping_patience" if early else "load_best_model_at_end"
+        raise ConfigError(f"{field} needs save_steps to be a multiple of eval_steps ({eval_steps}): "
                           "leave save_steps empty.")
-    return StepPlan(total=total, eval_steps=eval_steps, save_steps=save_steps, early_stopping=early)
+    return StepPlan(total=total, eval_steps=eval_steps, save_steps=save_steps, early_stopping=early, load_best=best)
 
 
 def training_arguments(config: FinetuneConfig, plan: StepPlan, *, precision: str, output_dir: str, has_eval: bool,
@@ -57,8 +62,8 @@ def training_arguments(config: FinetuneConfig, plan: StepPlan, *, precision: str
         save_strategy="steps",
         save_steps=plan.save_steps,
         save_total_limit=2,
-        load_best_model_at_end=plan.early_stopping,
-        metric_for_best_model="eval_loss" if plan.early_stopping else None,
+        load_best_model_at_end=plan.load_best or plan.early_stopping,
+        **best_model_arguments(config, plan),
         seed=config.seed,
         data_seed=config.seed,
         activation_checkpointing=config.gradient_checkpointing,
@@ -71,3 +76,14 @@ def training_arguments(config: FinetuneConfig, plan: StepPlan, *, precision: str
         prediction_loss_only=True,  # evaluation needs the loss, not every position's logits
         dataloader_num_workers=0,
     )
+
+
+def best_model_arguments(config: FinetuneConfig, plan: StepPlan) -> dict[str, Any]:
+    """metric_for_best_model and its direction, when early stopping or the best model at the end needs them."""
+    from slmnb.metrics import greater_is_better
+
+    if not (plan.early_stopping or plan.load_best):
+        return {"metric_for_best_model": None}
+    key = config.metric_for_best_model
+    # The Trainer's own default calls every metric not ending in "loss" better when higher: perplexity is not.
+    return {"metric_for_best_model": key, "greater_is_better": greater_is_better(key.removeprefix("eval_"))}

@@ -7,12 +7,15 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from slmnb.config import FinetuneConfig
 from slmnb.errors import RunError
 from slmnb.training import events as ev
 from slmnb.training.base import on_int4_base
+
+if TYPE_CHECKING:
+    from slmnb.training.generation_eval import GenerationEval
 
 
 class Sink(Protocol):
@@ -43,7 +46,9 @@ def weights_finite(model: Any) -> bool:
     return all(bool(torch.isfinite(p).all()) for p in model.parameters() if p.requires_grad)
 
 
-def make_callback(sink: Sink, config: FinetuneConfig, run_dir: Path, dropped: int, notes: tuple[str, ...]) -> Any:
+def make_callback(sink: Sink, config: FinetuneConfig, run_dir: Path, dropped: int, notes: tuple[str, ...],
+                  generation: GenerationEval | None = None) -> Any:
+    """The callback; `generation` is the run's generation-eval, whose scores join each Eval event."""
     from transformers import TrainerCallback
 
     from slmnb.training.run import StopNow
@@ -58,7 +63,8 @@ def make_callback(sink: Sink, config: FinetuneConfig, run_dir: Path, dropped: in
             sink.emit(ev.Started(step=state.global_step, elapsed=sink.elapsed(), name=config.name or "",
                                  max_steps=state.max_steps, precision="bf16" if args.bf16 else "fp32",
                                  output_dir=str(run_dir), dropped_rows=dropped, notes=notes,
-                                 base_weights="int4" if on_int4_base(config) else "original"))
+                                 base_weights="int4" if on_int4_base(config) else "original",
+                                 metrics=tuple(generation.names) if generation else ()))
             self.last_log = (sink.elapsed(), state.num_input_tokens_seen)
 
         def on_step_begin(self, args, state, control, **kw):  # type: ignore[no-untyped-def]
@@ -95,13 +101,17 @@ def make_callback(sink: Sink, config: FinetuneConfig, run_dir: Path, dropped: in
                 sink.emit(ev.Step(step=state.global_step, elapsed=sink.elapsed(), loss=loss,
                                   learning_rate=float(logs.get("learning_rate", 0.0)),
                                   grad_norm=None if grad is None else float(grad), tokens_per_second=rate,
-                                  epoch=float(logs.get("epoch", state.epoch or 0.0))))
+                                  epoch=float(logs.get("epoch", state.epoch or 0.0)),
+                                  tokens_seen=int(state.num_input_tokens_seen)))
             if "eval_loss" in logs:
                 loss = float(logs["eval_loss"])
                 if not math.isfinite(loss):
                     raise diverged(state.global_step, f"the eval loss became {loss}", args.learning_rate)
+                # The scores are in the logs as eval_<key>, where early stopping and the best model find them.
+                scores = {key: float(logs[f"eval_{key}"]) for key in (generation.last if generation else {})
+                          if f"eval_{key}" in logs}
                 sink.emit(ev.Eval(step=state.global_step, elapsed=sink.elapsed(), eval_loss=loss,
-                                  perplexity=ev.perplexity(loss)))
+                                  perplexity=ev.perplexity(loss), metrics=scores))
 
         def on_save(self, args, state, control, **kw):  # type: ignore[no-untyped-def]
             path = Path(args.output_dir) / f"checkpoint-{state.global_step}"

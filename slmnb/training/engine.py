@@ -19,6 +19,8 @@ from slmnb.models import load_tokenizer, quiet_libraries, release_memory
 from slmnb.training.arguments import plan_steps, training_arguments
 from slmnb.training.base import load_base
 from slmnb.training.callback import Sink, diverged, make_callback, weights_finite
+from slmnb.training.events import perplexity
+from slmnb.training.generation_eval import GenerationEval, plan_generation_eval
 from slmnb.training.runfiles import RunFolder
 
 
@@ -114,10 +116,37 @@ def _trainer_class() -> Any:
     from transformers import Trainer
 
     class TailLossTrainer(Trainer):
+        generation: GenerationEval | None = None  # set by train(): the run's generation-eval, if it has one
+
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):  # type: ignore[no-untyped-def]
             return super().compute_loss(model, trim_to_labelled_tail(inputs), return_outputs, num_items_in_batch)
 
+        def evaluation_loop(self, dataloader, description, prediction_loss_only=None, ignore_keys=None,  # type: ignore[no-untyped-def]
+                            metric_key_prefix="eval"):
+            """The eval loss, then perplexity and the generation metrics beside it as eval_<key>: in the metrics
+            the Trainer logs, and where early stopping and load_best_model_at_end look for metric_for_best_model."""
+            output = super().evaluation_loop(dataloader, description, prediction_loss_only, ignore_keys,
+                                             metric_key_prefix)
+            found: dict[str, float] = output.metrics if output.metrics is not None else {}
+            if f"{metric_key_prefix}_loss" in found:
+                found[f"{metric_key_prefix}_perplexity"] = perplexity(float(found[f"{metric_key_prefix}_loss"]))
+            if self.generation is not None and metric_key_prefix == "eval":
+                scores = self.generation.run(self.model, self.args.bf16)
+                found.update({f"eval_{key}": value for key, value in scores.items()})
+            best = self.args.metric_for_best_model
+            if best and metric_key_prefix == "eval" and f"eval_{best.removeprefix('eval_')}" not in found:
+                # A user's evaluate module says what it computes only when it runs: its keys are checked here.
+                keys = ", ".join(k.removeprefix("eval_") for k in found if k not in _TRAINER_KEYS)
+                raise ConfigError(f"metric_for_best_model {best} is not a score this run computes ({keys}): set it "
+                                  "to one of those.")
+            return output
+
     return TailLossTrainer
+
+
+# What the Trainer's evaluation reports besides the scores: not candidates for metric_for_best_model.
+_TRAINER_KEYS = ("eval_runtime", "eval_samples_per_second", "eval_steps_per_second", "eval_model_preparation_time",
+                 "epoch")
 
 
 @dataclass(frozen=True)
@@ -168,11 +197,14 @@ def _train(config: FinetuneConfig, rows: data_mod.Data, folder: RunFolder, sink:
     plan = plan_steps(config, len(train_set), bool(eval_set), world)
     args = training_arguments(config, plan, precision=precision, output_dir=str(folder.checkpoints),
                               has_eval=bool(eval_set), cuda=_has_cuda(), world=world)
-    callbacks = [make_callback(sink, config, folder.path, dropped, notes)]
+    generation = plan_generation_eval(config, tokenizer, rows.eval, rows.train, train_set,
+                                      sink.check_stop) if eval_set else None
+    callbacks = [make_callback(sink, config, folder.path, dropped, notes, generation)]
     if plan.early_stopping and config.early_stopping_patience:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=config.early_stopping_patience))
     trainer = _trainer_class()(model=model, args=args, train_dataset=train_set, eval_dataset=eval_set or None,
                                data_collator=Collator(tokenizer.pad_token_id), callbacks=callbacks)
+    trainer.generation = generation
     trainer.remove_callback(PrinterCallback)
     try:
         trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)

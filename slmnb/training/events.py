@@ -6,7 +6,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 
@@ -28,6 +28,7 @@ class Started(Event):
     dropped_rows: int  # rows whose response max_seq_len cut away entirely
     notes: tuple[str, ...] = ()  # what a person should know, such as a damaged checkpoint that was skipped
     base_weights: str = "original"  # int4: the base as the int4 export stores it (slmnb.training.base)
+    metrics: tuple[str, ...] = ()  # the metrics generation-eval computes at each evaluation (none when it is off)
 
 
 @dataclass(frozen=True)
@@ -37,12 +38,16 @@ class Step(Event):
     grad_norm: float | None
     tokens_per_second: float
     epoch: float
+    tokens_seen: int = 0  # non-padding input tokens trained on so far, over the whole run (all processes)
 
 
 @dataclass(frozen=True)
 class Eval(Event):
     eval_loss: float
     perplexity: float
+    # Scores of the generated answers to the sampled eval rows, flat as slmnb.metrics.Scores.values gives them
+    # ({"accuracy": 0.9, "f1": 0.88}); empty when generation-eval is off.
+    metrics: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -95,10 +100,19 @@ def from_metric(record: dict[str, Any]) -> Event:
     for f in fields(cls):
         name = f.name
         value = record.get(name)
-        if name == "step":
-            values[name] = int(value) if isinstance(value, int) else 0
+        if name in ("step", "tokens_seen"):
+            values[name] = int(value) if isinstance(value, int) and not isinstance(value, bool) else 0
+        elif name == "metrics":
+            values[name] = _scores(value)
         elif isinstance(value, int | float) and not isinstance(value, bool):
             values[name] = float(value)
         else:
             values[name] = None if "None" in str(f.type) else math.nan
     return cls(**values)
+
+
+def _scores(value: Any) -> dict[str, float]:
+    """A line's metrics mapping, keeping the numbers only (a line written before metrics existed has none)."""
+    if not isinstance(value, dict):
+        return {}
+    return {str(k): float(v) for k, v in value.items() if isinstance(v, int | float) and not isinstance(v, bool)}

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import string
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -12,6 +11,7 @@ from typing import Any
 from slmnb.config import FinetuneConfig
 from slmnb.data import prompt_ids, render
 from slmnb.errors import RunError
+from slmnb.metrics import label_of as first_word  # its old name here, for existing callers
 from slmnb.models import load_model, load_tokenizer, quiet_libraries
 from slmnb.progress import progress as progress_bar
 from slmnb.training.base import load_base
@@ -37,10 +37,10 @@ class Predictor:
         Ctrl-C (the kernel's interrupt) stops between two tokens; nothing is written, so the next call just works.
         """
         quiet_libraries()  # before peft's import pulls in bitsandbytes
-        show = progress is True and (len(rows) > batch_size or self._key(adapter) not in self._models)
+        show = progress is True and (len(rows) > batch_size or not self.loaded(adapter))
         what = label if adapter else f"{label} (base model)"
         with progress_bar(len(rows), f"{what}: loading the model", show=show) as bar:
-            model, tokenizer = self._model(adapter), self._tok()
+            model, tokenizer = self._model(adapter), self.tokenizer()
             bar.set_description_str(what)
             prompts = [prompt_ids(self.config, tokenizer, row) for row in rows]
             # Rows of similar length share a batch, so less of each batch is padding the model computes for nothing.
@@ -58,27 +58,36 @@ class Predictor:
         return answers
 
     def _generate(self, model: Any, batch: list[list[int]], max_new_tokens: int) -> list[str]:
-        import torch
+        from slmnb.training.generation_eval import generate
 
-        tokenizer = self._tok()
-        width = max(len(p) for p in batch)
-        # Left padding keeps every prompt's last token at the end, where generation continues.
-        ids = torch.tensor([[tokenizer.pad_token_id] * (width - len(p)) + p for p in batch])
-        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in batch])
-        with torch.inference_mode():
-            out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens,
-                                 do_sample=False, pad_token_id=tokenizer.pad_token_id)
-        return [tokenizer.decode(row[width:], skip_special_tokens=True).strip() for row in out]
+        return generate(model, self.tokenizer(), batch, max_new_tokens)
 
     def release(self) -> None:
         """Drop the loaded models (hundreds of MB each); the next predict loads them again."""
         self._models.clear()
         self._tokenizer = None
 
-    def _tok(self) -> Any:
+    def tokenizer(self) -> Any:
         if self._tokenizer is None:
             self._tokenizer = load_tokenizer(self.config.model_name_or_path)
         return self._tokenizer
+
+    def loaded(self, adapter: bool) -> bool:
+        return self._key(adapter) in self._models
+
+    def load(self, adapter: bool = True) -> None:
+        """Load the model now (a timed evaluation then measures answering, not loading)."""
+        self._model(adapter)
+
+    @contextmanager
+    def forward(self, adapter: bool = True) -> Iterator[Any]:
+        """The model for a forward pass (a loss, not generation); for a LoRA run's base, its adapter switched off."""
+        model = self._model(adapter)
+        if isinstance(model, _AdapterOff):
+            with model.model.disable_adapter():
+                yield model.model
+        else:
+            yield model
 
     def _key(self, adapter: bool) -> bool:
         # LoRA runs share one model: the adapter is switched off for base answers instead of loading twice.
@@ -112,12 +121,6 @@ class _AdapterOff:
     def generate(self, **kwargs: Any) -> Any:
         with self.model.disable_adapter():
             return self.model.generate(**kwargs)
-
-
-def first_word(text: str) -> str:
-    """The label a classification answer gives: its first word, without punctuation or case."""
-    words = text.strip().split()
-    return words[0].strip(string.punctuation).lower() if words else ""
 
 
 @dataclass(frozen=True)

@@ -9,10 +9,12 @@ device instead (a few seconds of imports, no weights).
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from slmnb.config import FinetuneConfig
+from slmnb.config import DEFAULT_EVAL_GENERATE_SAMPLES, FinetuneConfig, check_metric_for_best_model
+from slmnb.data import render
 from slmnb.errors import ConfigError
 from slmnb.models import model_folder
 from slmnb.weightfiles import read_header
@@ -34,6 +36,35 @@ def settled_fields(config: FinetuneConfig) -> dict[str, Any]:
         # (BENCHMARKS.md, int4 fidelity); qlora has its own 4-bit base and full fine-tuning changes every weight.
         fields["base_weights"] = "int4" if config.method == "lora" else "original"
     return fields
+
+
+def settled_metrics(config: FinetuneConfig, train_rows: Sequence[dict[str, Any]]) -> tuple[dict[str, Any], list[str]]:
+    """What the data decides about evaluation (the metrics, how many rows generation-eval answers), and a note
+    saying which metrics were chosen and why. Cheap: the responses are rendered, not tokenized.
+
+    A text_template run has no response to compare an answer with: it gets no metrics and no generation-eval.
+    """
+    from slmnb import metrics
+
+    fields: dict[str, Any] = {}
+    notes: list[str] = []
+    if not config.response_template:
+        if config.eval_generate_samples is None:
+            fields["eval_generate_samples"] = 0
+            notes.append("metrics: none, since a text_template run has no separate answer to score (give "
+                         "prompt_template + response_template to score generated answers)")
+        check_metric_for_best_model(config, [])
+        return fields, notes
+    names = config.metrics
+    if names is None:
+        names, why = metrics.choose([render(config.response_template, row, "response_template")
+                                     for row in train_rows])
+        fields["metrics"] = names
+        notes.append(f"metrics: {', '.join(names)} ({why})")
+    if config.eval_generate_samples is None:
+        fields["eval_generate_samples"] = DEFAULT_EVAL_GENERATE_SAMPLES
+    check_metric_for_best_model(config, names)
+    return fields, notes
 
 
 def _model_fields(config: FinetuneConfig) -> dict[str, Any]:

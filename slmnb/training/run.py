@@ -386,6 +386,18 @@ class TrainingRun:
                                          label=f"score {split}")
         return score(answers, rows, self.config.response_template)
 
+    def evaluate(self, split: str = "test", metrics: Sequence[str] | str | None = None, adapter: bool = True,
+                 max_new_tokens: int | None = None, progress: bool | Callable[[int, int], None] = True) -> Any:
+        """Greedy answers to a split (slices work: test[:20]; "eval" is the rows the run held out), scored.
+
+        Returns an Evaluation: scores, each row's prompt, reference and answer, the rows it gets wrong, a confusion
+        matrix for a classification, timing. metrics=None: the run's metrics (else chosen from the data) and the
+        perplexity of the model's own loss on the split. adapter=False evaluates the base model.
+        """
+        from slmnb.evaluation import evaluate_run
+
+        return evaluate_run(self, split, metrics, adapter=adapter, max_new_tokens=max_new_tokens, progress=progress)
+
     # --- the thread ---------------------------------------------------------------------------------
 
     def _launch(self, data: Data, checkpoint: Path | None, notes: Sequence[str] = (),

@@ -1,7 +1,8 @@
 """The run folder: the record of a run that outlives the process.
 
     config.yaml     the resolved config (loads back to an equal FinetuneConfig)
-    run.json        status, step, timings, the effective precision and a failure's reason
+    run.json        status, step, timings, the effective precision, a failure's reason, and the generation
+                    metrics' last and best scores ("metrics": {"last": {...}, "best": {...}})
     metrics.jsonl   one JSON object per step or evaluation, flushed as it is written
     adapter/        the LoRA adapter in peft format (model/ for full fine-tuning), replaced atomically
     checkpoints/    Trainer checkpoints, for resume
@@ -183,6 +184,15 @@ class RunFolder:
         with open(self.metrics_path, "a", encoding="utf-8") as handle:
             handle.write(json.dumps(record) + "\n")
             handle.flush()
+        if record.get("event") == "eval" and record.get("metrics"):
+            self.summarize_metrics()
+
+    def summarize_metrics(self, records: list[dict[str, Any]] | None = None) -> None:
+        """Keep run.json's "metrics" ({"last": scores, "best": scores}) in step with the eval lines, so other
+        processes (the runs panel, a runs table) show a run's scores without reading its metrics.jsonl."""
+        summary = metric_summary(self.read_metrics() if records is None else records)
+        if summary or "metrics" in self.read_state():
+            self.update_state(metrics=summary or None)
 
     def read_metrics(self) -> list[dict[str, Any]]:
         """The metric lines that make sense; cut-short or damaged lines are skipped, not fatal."""
@@ -206,6 +216,7 @@ class RunFolder:
         """On resume from checkpoint `step`, drop the lines of steps that will be trained again."""
         kept = [r for r in self.read_metrics() if r["step"] <= step]
         write_text_atomic(self.metrics_path, "".join(json.dumps(r) + "\n" for r in kept))
+        self.summarize_metrics(kept)
         return kept
 
     # --- weights ------------------------------------------------------------------------------------
@@ -251,6 +262,26 @@ class RunFolder:
                 return path, notes
             notes.append(f"checkpoint {step} is unusable ({problem}), so it was skipped")
         return None, notes
+
+
+def metric_summary(records: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
+    """The generation metrics of a run's eval lines: the last evaluation's, and the best of each key over all of them
+    (highest, or lowest for perplexity and losses); {} when no line has any."""
+    from slmnb.metrics import greater_is_better
+
+    last: dict[str, float] = {}
+    best: dict[str, float] = {}
+    for record in records:
+        scores = record.get("metrics") if record.get("event") == "eval" else None
+        if not isinstance(scores, dict) or not scores:
+            continue
+        numbers = {k: float(v) for k, v in scores.items()
+                   if isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)}
+        last = numbers
+        for key, value in numbers.items():
+            better = max if greater_is_better(key) else min
+            best[key] = better(best[key], value) if key in best else value
+    return {"last": last, "best": best} if last else {}
 
 
 def checkpoint_problem(path: Path) -> str | None:

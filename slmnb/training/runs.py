@@ -45,7 +45,7 @@ class Runs:
         """
         from slmnb.checks import config_warnings
         from slmnb.models import needs_building
-        from slmnb.training.prepare import settled_fields
+        from slmnb.training.prepare import settled_fields, settled_metrics
 
         TRAINING.check_free()
         config = load_config(config, **overrides)
@@ -61,6 +61,8 @@ class Runs:
             raise RunError(f"Run folder {folder.path} exists already: choose another name, or resume that run "
                            "(resume=True, --resume, or %finetune resume NAME).")
         data = load_data(config)
+        evaluation, metric_notes = settled_metrics(config, data.train)  # the metrics the responses call for
+        config = config.replace(**evaluation) if evaluation else config
         # The embedded model's first use converts its GGUF (about 30 s, once per machine): that belongs under the
         # dashboard, in the training thread, and the checks that read the model's layers follow it there.
         settle_later = needs_building(config.model_name_or_path)
@@ -74,7 +76,7 @@ class Runs:
         for listener in listeners:
             run.subscribe(listener)
         # Likely mistakes (learning_rate: 5) train as asked, and every front end says so: they are the notes.
-        run._launch(data, checkpoint=None, notes=config_warnings(config), settle=settle_later)
+        run._launch(data, checkpoint=None, notes=[*metric_notes, *config_warnings(config)], settle=settle_later)
         return run
 
     def resume(self, name_or_dir: str | Path, *, listeners: Iterable[Listener] = (), **overrides: Any) -> TrainingRun:
