@@ -108,17 +108,20 @@ def test_dropout_inside_lora_a_redraws_the_same_masks_under_gradient_checkpointi
 @pytest.mark.skipif(not os.path.isdir("/proc/self/task") or torch.get_num_threads() < 2,
                     reason="needs Linux and two torch threads")
 def test_release_openmp_pool_frees_a_threads_idle_workers() -> None:
-    def thread_count() -> int:
-        return len(os.listdir("/proc/self/task"))
+    def threads() -> set[str]:
+        return set(os.listdir("/proc/self/task"))
 
     seen: dict[str, object] = {}
 
     def work() -> None:
-        before = thread_count()
+        # Thread ids, not counts: a thread another test left running may start or end meanwhile; the pool's
+        # workers are the ids that the parallel region brought, and those must be gone after the release.
+        before = threads()
         torch.mm(torch.ones(512, 512), torch.ones(512, 512))  # a parallel region: this thread gets a pool
-        seen["with pool"] = thread_count() - before
+        workers = threads() - before
+        seen["with pool"] = len(workers)
         seen["released"] = release_openmp_pool()
-        seen["after"] = thread_count() - before
+        seen["after"] = len(workers & threads())
 
     thread = threading.Thread(target=work)
     thread.start()
