@@ -32,7 +32,10 @@ def _loaded_libgomp() -> Any:
     if _gomp is None:
         maps = Path("/proc/self/maps")
         paths = [line.split()[-1] for line in maps.read_text().splitlines()] if maps.is_file() else []
-        found = next((p for p in paths if Path(p).name.startswith("libgomp")), None)
+        gomps = [p for p in paths if Path(p).name.startswith("libgomp")]
+        # Other wheels bring their own libgomp (scikit-learn's, mapped at a lower address once imported): pausing
+        # that runtime would leave torch's pool alone, so torch's own copy comes first.
+        found = next((p for p in gomps if Path(p).parent.parts[-2:] == ("torch", "lib")), gomps[0] if gomps else None)
         if found:
             lib = ctypes.CDLL(found)
             _gomp = lib if hasattr(lib, "omp_pause_resource_all") else False
