@@ -148,12 +148,17 @@ def main() -> None:
     # 3. quality
     from slmnb.data import select_split
     from slmnb.datafiles import read_splits
-    from slmnb.training.generate import first_word, score
+    from slmnb.evaluation import evaluate_answers
+    from slmnb.metrics import label_of
 
     rows = select_split(read_splits(run.config), "test", "split")
+
+    def accuracy(answers: list[str]) -> float:
+        return evaluate_answers(run.config, rows, answers, split="test", model="", metrics="accuracy").scores[
+            "accuracy"]
+
     pt = run.predict(rows, max_new_tokens=8)
     onnx = ex.predict(rows, max_new_tokens=8)
-    template = run.config.response_template
     results = {
         "machine": machine(),
         "base_weights": run.config.base_weights,
@@ -167,9 +172,9 @@ def main() -> None:
         "speedup_onnx_base_vs_torch_fp32": round(med["onnx_base"] / med["torch_base"], 2),
         "speedup_onnx_adapter_vs_torch_fp32": round(med["onnx_adapter"] / med["torch_base"], 2),
         "speedup_onnx_adapter_vs_torch_lora": round(med["onnx_adapter"] / med["torch_lora"], 2),
-        "test_accuracy_torch": score(pt, rows, template).accuracy,
-        "test_accuracy_onnx_int4": score(onnx, rows, template).accuracy,
-        "agreement": sum(first_word(a) == first_word(b) for a, b in zip(onnx, pt, strict=True)) / len(rows),
+        "test_accuracy_torch": accuracy(pt),
+        "test_accuracy_onnx_int4": accuracy(onnx),
+        "agreement": sum(label_of(a) == label_of(b) for a, b in zip(onnx, pt, strict=True)) / len(rows),
         "base_folder": store.base_folder_name(run.config.model_name_or_path, "int4", peft_weights(run.output_path)),
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

@@ -37,7 +37,8 @@ def one_seed(work: Path, config: dict[str, Any], seed: int, merged: bool) -> dic
     import slmnb
     from slmnb.data import select_split
     from slmnb.datafiles import read_splits
-    from slmnb.training.generate import first_word, score
+    from slmnb.evaluation import evaluate_answers
+    from slmnb.metrics import label_of
     from slmnb.training.runs import Runs
 
     runs = Runs(work / "runs")
@@ -49,17 +50,21 @@ def one_seed(work: Path, config: dict[str, Any], seed: int, merged: bool) -> dic
     if run.status != "finished":
         raise SystemExit(f"seed {seed}: the run {run.status}: {run.error}")
     rows = select_split(read_splits(run.config), "test", "split")
-    template = run.config.response_template
+
+    def accuracy(answers: list[str]) -> float:
+        return evaluate_answers(run.config, rows, answers, split="test", model="", metrics="accuracy").scores[
+            "accuracy"]
+
     pytorch = run.predict(rows, max_new_tokens=8, progress=False)
     result: dict[str, Any] = {"seed": seed, "train_s": round(trained, 1), "steps": run.step,
-                              "pytorch_accuracy": score(pytorch, rows, template).accuracy}
+                              "pytorch_accuracy": accuracy(pytorch)}
     for label, adapters in (("switchable", "switchable"), *((("merged", "merged"),) if merged else ())):
         start = time.perf_counter()
         exported = slmnb.export(run, output=work / "onnx", adapters=adapters)  # one base for all seeds
         seconds = time.perf_counter() - start
         onnx = exported.predict(rows, max_new_tokens=8)
-        result[label] = {"export_s": round(seconds, 1), "accuracy": score(onnx, rows, template).accuracy,
-                         "agreement": sum(first_word(a) == first_word(b) for a, b in zip(onnx, pytorch, strict=True))
+        result[label] = {"export_s": round(seconds, 1), "accuracy": accuracy(onnx),
+                         "agreement": sum(label_of(a) == label_of(b) for a, b in zip(onnx, pytorch, strict=True))
                          / len(rows), "rows": len(rows)}
     run.release()
     print(json.dumps(result), file=sys.stderr, flush=True)

@@ -61,7 +61,7 @@ def train(kc, name: str, dashboard: bool, ping: bool) -> tuple[list[float], list
     latencies = []
     while True:
         time.sleep(PING_EVERY if ping else 2.0)
-        content, elapsed = execute(kc, "1 + 1", user_expressions={"status": "run.status"})
+        content, elapsed = execute(kc, "1 + 1", user_expressions={"status": "str(run.status)"})
         status = content["user_expressions"]["status"]["data"]["text/plain"].strip("'")
         if status in ("running", "starting"):
             latencies.append(elapsed)

@@ -175,14 +175,34 @@ def peak_scenario(folder: str, env: dict[str, str], steps: int, overrides: dict[
 
 
 def machine() -> str:
+    """The machine a benchmark ran on, with its matmul peaks measured now, in this process: a number from one kind of
+    CPU does not carry to another, nor from a calm machine to a busy one."""
     import torch
 
     model = next((line.split(":", 1)[1].strip() for line in subprocess.run(
         ["lscpu"], capture_output=True, text=True).stdout.splitlines() if line.startswith("Model name")), "?")
     bf16 = "avx512_bf16" in Path("/proc/cpuinfo").read_text()
+    peaks = ", ".join(f"{dtype} {matmul_gflops(getattr(torch, dtype)):.0f}" for dtype in ("float32", "bfloat16"))
     return (f"{model} ({platform.machine()}), {os.cpu_count()} cores, {psutil.virtual_memory().total / 2**30:.0f} "
             f"GiB, avx512_bf16 {'yes' if bf16 else 'no'} (precision auto: {'bf16' if bf16 else 'fp32'}), "
-            f"torch {torch.__version__}")
+            f"matmul GFLOP/s {peaks} ({torch.get_num_threads()} threads), torch {torch.__version__}")
+
+
+def matmul_gflops(dtype: object, size: int = 1024, repeats: int = 5, budget_s: float = 3.0) -> float:
+    """The best of a few square matmuls: the peak this process gets now. Emulated bf16 (no avx512_bf16) runs at
+    about 1 GFLOP/s, 2 s a product, so the repeats stop once the budget is spent."""
+    import torch
+
+    a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)  # type: ignore[arg-type]
+    best, spent = float("inf"), 0.0
+    for _ in range(repeats + 1):  # the first warms up
+        start = time.perf_counter()
+        torch.mm(a, b)
+        took = time.perf_counter() - start
+        best, spent = min(best, took), spent + took
+        if spent > budget_s:
+            break
+    return 2 * size**3 / best / 1e9
 
 
 def main() -> int:

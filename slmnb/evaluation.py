@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from slmnb.errors import ConfigError, RunError
+from slmnb.metrics import score_text
 
 if TYPE_CHECKING:
     from slmnb.config import FinetuneConfig
@@ -207,9 +208,11 @@ def evaluate_run(run: TrainingRun, split: str = "test", metrics: Sequence[str] |
         weights = "model" if config.method == "full" else "adapter"
         raise RunError(f"Run {run.name!r} has no saved {weights} yet at {run.output_path}: wait for it to finish or "
                        "stop it (stopping saves it), then evaluate.")
+    from slmnb.training.generation_eval import answer_length
+
     predictor = run._loaded()
     tokenizer = predictor.tokenizer()
-    limit = max_new_tokens or getattr(config, "eval_max_new_tokens", None) or answer_budget(tokenizer, references)
+    limit = max_new_tokens or answer_length(config, tokenizer)
     label = f"evaluate {split}"
     predictor.load(adapter)  # loaded first: the time per answer is what a request costs, not the loading
     start = time.perf_counter()
@@ -222,13 +225,6 @@ def evaluate_run(run: TrainingRun, split: str = "test", metrics: Sequence[str] |
         evaluation.scores[PERPLEXITY] = split_perplexity(predictor, rows, adapter, progress is True,
                                                          label if adapter else f"{label} (base model)")
     return evaluation
-
-
-def answer_budget(tokenizer: Any, references: Sequence[str]) -> int:
-    """New tokens to allow: room for the longest reference and a little more, so a long answer shows as long
-    (and is scored so) without paying for rambling; a label of one or two tokens needs only a few."""
-    longest = max((len(tokenizer(text, add_special_tokens=False)["input_ids"]) for text in references), default=0)
-    return min(512, max(8, math.ceil(longest * 1.25) + 4))
 
 
 def mean_prompt_tokens(config: FinetuneConfig, tokenizer: Any, rows: Sequence[dict[str, Any]]) -> float:
@@ -273,12 +269,6 @@ def split_perplexity(predictor: Any, rows: Sequence[dict[str, Any]], adapter: bo
 # --- showing it ------------------------------------------------------------------------------------------
 
 
-def score_text(key: str, value: float | None) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "—"
-    return f"{value:.3g}" if key == PERPLEXITY or key.endswith("loss") else f"{value:.3f}"
-
-
 def metrics_table(evaluations: Sequence[Evaluation]) -> tuple[list[str], list[list[str]]]:
     """One column per evaluation, one row per score (then time and prompt tokens per request)."""
     keys = list(dict.fromkeys(key for e in evaluations for key in e.scores))
@@ -296,7 +286,7 @@ def per_class_table(evaluation: Evaluation) -> tuple[list[str], list[list[str]]]
         return None
     fields = list(dict.fromkeys(f for values in evaluation.per_class.values() for f in values))
     return (["label", *fields],
-            [[label, *(f"{values[f]:.0f}" if f == "support" else f"{values[f]:.3f}" for f in fields)]
+            [[label, *(f"{values[f]:.0f}" if f == "support" else score_text(f, values[f]) for f in fields)]
              for label, values in evaluation.per_class.items()])
 
 

@@ -81,6 +81,8 @@ def add_compare_options(parser: argparse.ArgumentParser) -> None:
                         help="Prompts: .txt (one per line) or rows in .json/.jsonl/.csv; default: test rows.")
     parser.add_argument("--eval", dest="evaluate", action="store_true",
                         help="Also score every column on the test split, and ONNX against PyTorch.")
+    parser.add_argument("--split", default="test",
+                        help="The split --eval scores (test); a slice such as test[:16] takes less time.")
     parser.add_argument("--metrics", default=None, metavar="M1,M2",
                         help="Metrics for --eval, separated by commas (default: the run's).")
     parser.add_argument("--max_new_tokens", type=int, default=64, metavar="N", help="Tokens per answer (64).")

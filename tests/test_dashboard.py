@@ -293,6 +293,18 @@ def test_generation_metrics_get_a_third_chart_and_a_summary_line(run: TrainingRu
     assert all(f'stroke="{t.line.color}"' in svg for t in figure.data)
 
 
+def test_the_chosen_metrics_are_said_plainly_and_warnings_as_warnings(run: TrainingRun, comms: list) -> None:
+    dashboard = Dashboard(run).follow()
+    chosen = "metrics: accuracy, f1 (the 300 training responses take 4 distinct values)"
+    damaged = "checkpoint 8 is unusable (no trainer_state.json), so it was skipped"
+    run.emit(ev.Started(step=0, elapsed=0.0, name="fake", max_steps=4, precision="fp32", output_dir="runs/fake",
+                        dropped_rows=0, notes=(chosen, damaged), metrics=("accuracy", "f1")))
+    dashboard._drawer.join(5)
+    html = dashboard.status.value
+    assert f"<div style='color:#666'>{chosen}</div>" in html
+    assert f"<div style='color:#8a6d00'>{damaged}</div>" in html
+
+
 def test_a_run_without_generation_metrics_has_no_third_chart(run: TrainingRun, comms: list) -> None:
     dashboard = Dashboard(run).follow()
     run.emit(started(8))
@@ -303,7 +315,7 @@ def test_a_run_without_generation_metrics_has_no_third_chart(run: TrainingRun, c
     run.emit(ev.Finished(step=8, elapsed=0.8, output_path="x", reason="completed"))
     dashboard._drawer.join(5)
     assert dashboard.metrics_figure is None and dashboard.charts.children == (dashboard.figure,)
-    assert not dashboard.score_text()
+    assert not dashboard.scores_line()
     assert "per step" not in dashboard.record_bundle()["image/svg+xml"]
 
 

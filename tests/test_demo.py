@@ -7,7 +7,7 @@ import re
 from pathlib import Path
 
 from slmnb.config import FinetuneConfig
-from slmnb.demo import DEMO_CONFIG
+from slmnb.demo import DEMO_CONFIG, GENERATION_DEMO_CONFIG
 
 ROOT = Path(__file__).resolve().parent.parent
 DEMO = FinetuneConfig.from_dict(dict(DEMO_CONFIG))
@@ -24,6 +24,13 @@ def test_the_quickstart_trains_the_demo_job() -> None:
     assert len(finetune_cells) == 2
     for cell in finetune_cells:
         assert FinetuneConfig.from_text(_body(cell)) == DEMO
+
+
+def test_the_evaluation_lab_trains_the_generation_demo_job() -> None:
+    notebook = json.loads((ROOT / "notebooks" / "03-evaluate.ipynb").read_text(encoding="utf-8"))
+    cells = ["".join(c["source"]) for c in notebook["cells"] if c["cell_type"] == "code"]
+    [cell] = [c for c in cells if c.startswith("%%finetune")]
+    assert FinetuneConfig.from_text(_body(cell)) == FinetuneConfig.from_dict(dict(GENERATION_DEMO_CONFIG))
 
 
 def test_the_readme_shows_the_demo_job() -> None:

@@ -167,6 +167,23 @@ def test_generation_eval_answers_the_same_seeded_sample_at_every_evaluation() ->
     assert answer_budget([{"labels": [-100] + [5] * 40}]) == 50
 
 
+def test_answers_after_training_get_the_room_they_got_while_training() -> None:
+    """run.evaluate, Export.evaluate and %opt compare --eval allow what generation-eval allowed: one rule."""
+    from slmnb.data import encode_rows
+    from slmnb.models import load_tokenizer
+    from slmnb.training.generation_eval import answer_budget, answer_length
+
+    tokenizer = load_tokenizer("tiny-llama")
+    rows = tones_like(["Joy", "Sad", "Surprise me now please"], 30)
+    config = FinetuneConfig(model_name_or_path="tiny-llama", rows=rows, prompt_template="{phrase}",
+                            response_template="{tone}")
+    length = answer_length(config, tokenizer)
+    assert length == answer_budget(encode_rows(config, tokenizer, rows)[0])
+    longest = max(len(tokenizer(r["tone"], add_special_tokens=False)["input_ids"]) for r in rows)
+    assert longest < length <= longest + 8  # the longest response, a margin, not a fixed size
+    assert answer_length(config.replace(eval_max_new_tokens=30), tokenizer) == 30
+
+
 def test_eval_lines_rebuild_their_metrics_and_old_lines_read_as_none() -> None:
     from slmnb.training import events as ev
 

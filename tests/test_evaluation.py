@@ -87,7 +87,8 @@ def test_metrics_table_puts_models_side_by_side(labelled) -> None:
     tuned.scores["perplexity"] = 1.234
     header, table = metrics_table([base, tuned])
     assert header == ["metric", "base model", "fine-tuned"]
-    assert table == [["accuracy", "0.333", "1.000"], ["perplexity", "—", "1.23"],
+    # Scores read as everywhere else (slmnb.metrics.score_text): a fraction as a percentage, perplexity as a number.
+    assert table == [["accuracy", "33.3%", "100.0%"], ["perplexity", "—", "1.234"],
                      ["prompt tokens / request", "12", "12"], ["seconds / answer", "1.000", "0.500"]]
 
 

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 import slmnb
-from slmnb.errors import ExportError, RunError
+from slmnb.errors import ConfigError, ExportError, RunError
 
 PROMPT = "The quick brown fox jumps over the lazy dog, and then"
 
@@ -269,6 +269,16 @@ def test_compare_puts_base_run_and_few_shot_side_by_side(inside, capfd) -> None:
     trade = comparison.trade_line()
     assert trade is not None and trade.startswith("tuned: the fine-tune ") and "than 2-shot prompting" in text
     assert trade in text
+
+
+def test_compare_scores_a_slice_or_another_split(inside) -> None:
+    comparison = slmnb.compare("tuned", prompts=["I lost my keys"], max_new_tokens=2, evaluate=True, split="test[:3]")
+    assert len(comparison.test_rows) == 3
+    assert all(len(c.evaluation.predictions) == 3 for c in comparison.columns)
+    assert "test[:3] accuracy (ONNX)" in str(comparison) and "test accuracy" not in str(comparison)
+    with pytest.raises(ConfigError, match="split 'dev' names no split of the run's data") as failure:
+        slmnb.compare("tuned", evaluate=True, split="dev")  # before any export or generation
+    one_sentence(str(failure.value))
 
 
 def test_the_trade_line_follows_what_was_measured(inside) -> None:

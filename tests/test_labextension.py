@@ -133,7 +133,8 @@ NODE_MODULES = ROOT / "labextension" / "node_modules"
 def test_the_runs_panel_shows_the_main_metric_as_the_runs_table_does() -> None:
     """labextension/src/metric.ts, compiled by the extension's own TypeScript and run by Node, picks and writes a
     run's main metric from run.json's metrics.last exactly as slmnb's runs table does."""
-    from slmnb.notebook.charts import main_metric, metric_text
+    from slmnb.metrics import score_text
+    from slmnb.notebook.charts import main_metric
 
     cases = [{"accuracy": 0.91666, "f1": 0.88}, {"eval_loss": 0.3, "perplexity": 3.2, "rougeL": 0.25},
              {"bleu": math.nan, "chrf": 0.4}, {"my_score": 12.5}, {"accuracy": 1.0}, {"exact_match": 0.0},
@@ -153,7 +154,7 @@ def test_the_runs_panel_shows_the_main_metric_as_the_runs_table_does() -> None:
     done = subprocess.run(["node", "-e", script, str(NODE_MODULES), str(ROOT / "labextension" / "src" / "metric.ts"),
                            json.dumps(cases)], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
-    expected = [[main[0], metric_text(*main)] if (main := main_metric(c)) else None for c in cases]
+    expected = [[main[0], score_text(*main)] if (main := main_metric(c)) else None for c in cases]
     assert json.loads(done.stdout) == expected
     assert expected[:7] == [["accuracy", "91.7%"], ["rougeL", "25.0%"], ["chrf", "40.0%"], ["my_score", "12.5"],
                             ["accuracy", "100.0%"], ["exact_match", "0.0%"], ["eval_accuracy", "50.0%"]]

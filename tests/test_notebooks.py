@@ -36,6 +36,17 @@ assert all(all(c.answers) for c in comparison.columns)
 assert all(c.accuracy is not None for c in comparison.columns)
 assert comparison.columns[1].agreement is not None
 """,
+    "03-evaluate.ipynb": """
+from slmnb.notebook.dashboard import dashboards_for
+assert [e.model for e in result.evaluations] == ["base model", "fine-tuned"]
+assert set(tuned.scores) == {"accuracy", "f1", "perplexity"}, tuned.scores
+assert result.evaluation.confusion() is not None
+assert notes.status == "finished" and notes.config.metrics == ["bleu", "rouge", "chrf"], notes.config.metrics
+dashboard = dashboards_for(notes)[0]
+assert dashboard.metrics_figure is not None and "rougeL" in [t.name for t in dashboard.metrics_figure.data]
+assert comparison.status == "done" and len(comparison.test_rows) == 16
+assert "prompt tokens" in comparison.trade_line() and "test[:16] rougeL (ONNX)" in str(comparison)
+""",
 }
 
 

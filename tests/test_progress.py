@@ -26,9 +26,9 @@ def test_predict_and_score_show_rows_done_of_total(trained, capfd) -> None:
     answers = trained.predict(rows, max_new_tokens=2)
     err = capfd.readouterr().err
     assert len(answers) == 20 and "predict: 100%" in err and "20/20 [" in err and "rows/s" in err
-    result = trained.score("train[:12]", max_new_tokens=2)
+    result = trained.evaluate("train[:12]", metrics="accuracy", max_new_tokens=2)
     err = capfd.readouterr().err
-    assert len(result.answers) == 12 and "score train[:12]: 100%" in err and "12/12 [" in err
+    assert len(result.predictions) == 12 and "evaluate train[:12]: 100%" in err and "12/12 [" in err
     trained.predict(rows, max_new_tokens=2, progress=False)
     assert "rows/s" not in capfd.readouterr().err
 

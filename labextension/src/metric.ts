@@ -1,7 +1,7 @@
 /**
- * A run's main metric, as the Python side's runs table shows it (slmnb/notebook/charts.py: main_metric and
- * metric_text; tests/test_labextension.py keeps the two equal): the first score in run.json's metrics.last that is
- * not a loss or a perplexity, a fraction written as a percentage ("accuracy 91.7%").
+ * A run's main metric, as the Python side's runs table shows it (main_metric in slmnb/notebook/charts.py, score_text
+ * in slmnb/metrics; tests/test_labextension.py keeps the two equal): the first score in run.json's metrics.last that
+ * is not a loss or a perplexity, a fraction written as a percentage ("accuracy 91.7%").
  *
  * No imports, so the test can run this file alone under Node.
  */
@@ -12,10 +12,13 @@ export function lowerIsBetter(key: string): boolean {
   return name === 'perplexity' || name.endsWith('loss');
 }
 
-/** A score as people read it: a fraction as a percentage to one decimal, another scale to 4 significant digits. */
+/**
+ * A score as people read it: a fraction as a percentage to one decimal, another scale to 4 significant digits, a
+ * non-finite value as a dash.
+ */
 export function metricText(key: string, value: number): string {
   if (!Number.isFinite(value)) {
-    return 'n/a';
+    return '—';
   }
   if (!lowerIsBetter(key) && value >= 0 && value <= 1) {
     return `${(value * 100).toFixed(1)}%`;

@@ -12,6 +12,7 @@ only `load`, `compute` and `perplexity` do, when they are called.
 from __future__ import annotations
 
 import difflib
+import math
 import string
 import threading
 from collections.abc import Sequence
@@ -65,6 +66,15 @@ def greater_is_better(key: str) -> bool:
     """Whether a higher value of a score key (or a Trainer metric such as eval_loss) is better."""
     key = key.removeprefix("eval_")
     return not (key == "perplexity" or key.endswith("loss"))
+
+
+def score_text(key: str, value: float | None) -> str:
+    """A score as every view shows it (tables, dashboard, CLI, and the JupyterLab panel's metric.ts): a fraction
+    as a percentage to one decimal (91.7%), perplexity, a loss or another scale to 4 significant digits, and a
+    missing or non-finite value as a dash."""
+    if value is None or not math.isfinite(value):
+        return "—"
+    return f"{value:.1%}" if greater_is_better(key) and 0.0 <= value <= 1.0 else f"{value:.4g}"
 
 
 def is_classification(names: Sequence[str]) -> bool:

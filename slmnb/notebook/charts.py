@@ -125,13 +125,6 @@ class Curves:
         return before[-1] if before else None
 
 
-def metric_text(key: str, value: float) -> str:
-    """A score as people read it: a fraction as a percentage (91.7%), perplexity or another scale to 4 digits."""
-    if not math.isfinite(value):
-        return "n/a"
-    return f"{value:.1%}" if greater_is_better(key) and 0.0 <= value <= 1.0 else f"{value:.4g}"
-
-
 def main_metric(scores: dict[str, float]) -> tuple[str, float] | None:
     """The score a run is summed up by in a table: its first metric's first key (accuracy, bleu...), not a loss."""
     return next(((k, float(v)) for k, v in scores.items()

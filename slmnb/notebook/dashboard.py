@@ -20,13 +20,13 @@ from html import escape
 from typing import Any
 
 from slmnb.errors import SlmnbError
+from slmnb.metrics import score_text
 from slmnb.notebook.charts import (
     MARKERS_UP_TO,
     Curves,
     decimate,
     log_ticks,
     metric_colour,
-    metric_text,
     render_svg,
     rounded,
     tick_text,
@@ -34,6 +34,7 @@ from slmnb.notebook.charts import (
 from slmnb.text import clock
 from slmnb.training import events as ev
 from slmnb.training.base import describe
+from slmnb.training.prepare import METRICS_NOTE
 from slmnb.training.run import TrainingRun
 from slmnb.training.states import RunState as S
 
@@ -74,6 +75,7 @@ class Dashboard:
         from slmnb.checks import config_warnings
 
         self._warnings: list[str] = config_warnings(run.config)
+        self._info: list[str] = []  # what the run decided for itself, such as the metrics it chose and why
         self._waiting_here = False  # this dashboard's wait() (--wait) blocks the cell: the interrupt stops the run
         self._axes: tuple[Any, ...] | None = None  # the x dtick and the perplexity ticks sent last
         self._record: Any = None
@@ -248,7 +250,10 @@ class Dashboard:
         if isinstance(event, ev.Started):
             self._max_steps = event.max_steps
             self._paces = []
-            self._warnings += [note for note in event.notes if note not in self._warnings]
+            for note in event.notes:
+                said = self._info if note.startswith(METRICS_NOTE) else self._warnings
+                if note not in said:
+                    said.append(note)
         elif isinstance(event, ev.Step):
             self._paces.append((event.step, event.elapsed))
             del self._paces[:-ETA_WINDOW]
@@ -398,6 +403,7 @@ class Dashboard:
         html = f"<div style='color:{colour}'>" + "<br>".join(escape(x) for x in lines) + "</div>"
         if self.note:
             html += f"<div style='color:#666'>{escape(self.note)}</div>"
+        html += "".join(f"<div style='color:#666'>{escape(i)}</div>" for i in self._info)
         html += "".join(f"<div style='color:#8a6d00'>{escape(w)}</div>" for w in self._warnings)
         if self._notice:
             html += f"<div style='color:#c62828'>{escape(self._notice)}</div>"
@@ -441,20 +447,20 @@ class Dashboard:
                            f"{ev.perplexity(self.curves.eval_loss[-1]):.3g}")
         if metrics:
             lines.append(" · ".join(metrics))
-        if scores := self.score_text():
+        if scores := self.scores_line():
             lines.append(scores)
         if status in (S.FINISHED, S.STOPPED) and self.run.output_path.is_dir():
             lines.append(f"{'Adapter' if self.run.config.method != 'full' else 'Model'} saved to "
                          f"{self.run.output_path}")
         return lines
 
-    def score_text(self) -> str:
+    def scores_line(self) -> str:
         """The generation metrics at the last evaluation, each with its best so far: what the third chart shows."""
         best = self.curves.best()
         parts = []
         for key, value in self.curves.latest().items():
             best_step, best_value = best[key]
-            parts.append(f"{key} {metric_text(key, value)} (best {metric_text(key, best_value)} at step {best_step})")
+            parts.append(f"{key} {score_text(key, value)} (best {score_text(key, best_value)} at step {best_step})")
         return " · ".join(parts)
 
     def _saved(self, key: str) -> Any:

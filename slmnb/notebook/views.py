@@ -8,7 +8,8 @@ from html import escape
 from typing import Any
 
 from slmnb.data import Preview
-from slmnb.notebook.charts import main_metric, metric_text
+from slmnb.metrics import score_text
+from slmnb.notebook.charts import main_metric
 from slmnb.text import clock, text_table
 from slmnb.training import events as ev
 
@@ -83,7 +84,7 @@ class RunsTable:
             return "" if x is None or not math.isfinite(x) else f"{x:.4g}"
 
         def metric(pair: tuple[str, float] | None) -> str:
-            return f"{pair[0]} {metric_text(*pair)}" if pair else ""
+            return f"{pair[0]} {score_text(*pair)}" if pair else ""
 
         return [[r["name"], r["status"], f"{r['step']}/{r['max_steps'] or '?'}", num(r["loss"]), num(r["eval_loss"]),
                  num(r["perplexity"]), metric(r["metric"]), clock(r["duration"] or 0)] for r in self.rows]

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from slmnb.errors import ExportError, SlmnbError
+from slmnb.metrics import score_text
 from slmnb.opt.export import Export, export
 from slmnb.opt.inputs import open_run
 from slmnb.opt.runtime import Timing
@@ -93,8 +94,9 @@ class Comparison:
     """Prompts down the side, models across the top; cells fill as the tokens come."""
 
     def __init__(self, prompts: list[dict[str, Any] | str], columns: list[Column], test_rows: list[dict[str, Any]],
-                 max_new_tokens: int, metrics: Sequence[str] | None = None) -> None:
+                 max_new_tokens: int, metrics: Sequence[str] | None = None, split: str = "test") -> None:
         self.prompts = prompts
+        self.split = split  # what test_rows are: the test split, or the slice or split asked for
         self.metrics = list(metrics) if metrics else None  # None: the run's, or chosen from its data
         self.columns = columns
         self.test_rows = test_rows
@@ -148,17 +150,17 @@ class Comparison:
         """Each column scored on the test split with every metric, counting rows: in the status line of a view
         (notify), or with a bar. The base model and each fine-tune also answer through PyTorch: what the ONNX
         export is meant to reproduce."""
-        from slmnb.opt.export import answer_length
+        from slmnb.training.generation_eval import answer_length
 
         first = self.columns[0].export
-        tokens = answer_length(first.run.config, self.test_rows, first.tokenizer)  # one length for every column
+        tokens = answer_length(first.run.config, first.tokenizer())  # one length for every column
         metrics = self.metrics  # None: settled by the first column (the run's, or chosen from the data)
         for column in self.columns:
-            what = f"evaluating {column.title} on the test split"
+            what = f"evaluating {column.title} on {'the test split' if self.split == 'test' else self.split}"
             try:
                 with self._rows_counter(notify, what, bars) as counted:
                     column.evaluation = column.export.evaluate(
-                        "test", metrics, column.adapter, tokens, column.examples, progress=counted,
+                        self.split, metrics, column.adapter, tokens, column.examples, progress=counted,
                         model=column.title, rows=self.test_rows)
             except _Stopped:
                 return
@@ -202,9 +204,9 @@ class Comparison:
         except _Stopped:
             return None
         onnx = column.evaluation
-        scored = evaluate_answers(run.config, self.test_rows, answers, split="test", model=f"{column.title} (PyTorch)",
-                                  metrics=onnx.metrics, seconds=time.perf_counter() - started,
-                                  prompt_tokens=onnx.prompt_tokens)
+        scored = evaluate_answers(run.config, self.test_rows, answers, split=self.split,
+                                  model=f"{column.title} (PyTorch)", metrics=onnx.metrics,
+                                  seconds=time.perf_counter() - started, prompt_tokens=onnx.prompt_tokens)
         if PERPLEXITY in onnx.metrics:  # PyTorch has the loss that ONNX generation does not
             scored.scores[PERPLEXITY] = split_perplexity(run._loaded(), self.test_rows, column.adapter, bars,
                                                          f"{column.title} (PyTorch)")
@@ -227,8 +229,9 @@ class Comparison:
             # First: whether the ONNX model can stand for the fine-tune at all.
             rows.append(["ONNX answers = PyTorch's", *(_agreed(c, len(self.test_rows)) for c in self.columns)])
             for key in self.score_keys():
-                rows.append([f"test {key} (ONNX)", *(_score(key, _score_of(c.evaluation, key)) for c in self.columns)])
-                rows.append([f"test {key} (PyTorch)", *(_score(key, _score_of(c.pytorch, key)) for c in self.columns)])
+                for title, of in (("ONNX", "evaluation"), ("PyTorch", "pytorch")):
+                    rows.append([f"{self.split} {key} ({title})",
+                                 *(score_text(key, _score_of(getattr(c, of), key)) for c in self.columns)])
         if self.few_shot_column() is not None:
             rows += self.cost_rows()
         return rows
@@ -243,13 +246,13 @@ class Comparison:
 
     def cost_rows(self) -> list[list[str]]:
         """Prompt tokens and time per request (the test split's when evaluated), and each fine-tune's training."""
-        # Labels fit the text table's 30 characters: "test" is the test split, "shown" the prompts above.
-        where = "test" if any(c.evaluation is not None for c in self.columns) else "shown"
+        # Labels fit the text table's 30 characters: the split scored, or "shown" for the prompts above.
+        where = self.split if any(c.evaluation is not None for c in self.columns) else "shown"
         trainings = [c.training() for c in self.columns]
         return [[f"prompt tokens/request ({where})", *(_number(c.prompt_tokens()) for c in self.columns)],
                 [f"time/request ({where})", *(_seconds(c.seconds_per_request()) for c in self.columns)],
                 ["training once: time, tokens",
-                 *("-" if c.run is None else f"{_duration(t)}, {_count_of(n)} tokens"
+                 *("—" if c.run is None else f"{_duration(t)}, {_count_of(n)} tokens"
                    for c, (t, n) in zip(self.columns, trainings, strict=True))]]
 
     def trade_line(self) -> str | None:
@@ -262,7 +265,7 @@ class Comparison:
 
     def agreement_line(self) -> str | None:
         """One sentence per fine-tune: how many test answers the ONNX model shares with PyTorch."""
-        parts = [f"{c.title}: ONNX gives PyTorch's answer on {_agreed(c, len(self.test_rows))} test rows"
+        parts = [f"{c.title}: ONNX gives PyTorch's answer on {_agreed(c, len(self.test_rows))} rows of {self.split}"
                  for c in self.columns if c.agreement is not None]
         return "; ".join(parts) + "." if parts else None
 
@@ -284,32 +287,18 @@ class Comparison:
 
 
 def _rate(value: float) -> str:
-    return f"{value:.0f} tok/s" if value else "- tok/s"  # one-token answers have no decode speed
+    return f"{value:.0f} tok/s" if value else "— tok/s"  # one-token answers have no decode speed
 
 
 def _agreed(column: Column, rows: int) -> str:
     if column.agreement is None or not rows:
-        return _pct(column.agreement)
+        return score_text("agreement", column.agreement)
     return f"{round(column.agreement * rows)} of {rows} ({column.agreement:.1%})"
-
-
-def _pct(value: float | None) -> str:
-    return "-" if value is None else f"{value:.1%}"
 
 
 def _score_of(evaluation: Any, key: str) -> float | None:
     value = evaluation.scores.get(key) if evaluation is not None else None
     return None if value is None else float(value)
-
-
-def _score(key: str, value: float | None) -> str:
-    """A fraction as a percentage, as the trade line counts points; perplexity, the one score that is not a
-    fraction, as %finetune eval shows it."""
-    from slmnb.evaluation import PERPLEXITY, score_text
-
-    if value is None:
-        return "-"
-    return score_text(key, value) if key == PERPLEXITY else f"{value:.1%}"
 
 
 def _agreement(onnx: Any, pytorch: Any) -> float:
@@ -407,23 +396,23 @@ def _times(ratio: float) -> str:
 
 
 def _number(value: float | None) -> str:
-    return "-" if value is None else f"{value:.0f}"
+    return "—" if value is None else f"{value:.0f}"
 
 
 def _count_of(value: int | None) -> str:
-    return "-" if value is None else f"{value:,}"
+    return "—" if value is None else f"{value:,}"
 
 
 def _seconds(value: float | None) -> str:
     if value is None:
-        return "-"
+        return "—"
     return f"{value * 1000:.0f} ms" if value < 1 else f"{value:.2f} s"
 
 
 def _duration(seconds: float | None, adjective: bool = False) -> str:
     """6 min 12 s in a table; '6-minute' inside a sentence."""
     if seconds is None:
-        return "-"
+        return "—"
     if adjective:
         if seconds < 90:
             return f"{seconds:.0f}-second"
@@ -443,11 +432,12 @@ class Plan:
     examples: list[dict[str, Any]]
     max_new_tokens: int
     metrics: list[str] | None = None
+    split: str = "test"
 
 
 def check(runs: Sequence[Any] | Any, prompts: Sequence[dict[str, Any] | str] | str | Path | None = None,
           max_new_tokens: int = 64, few_shot: int = 0, evaluate: bool = False,
-          metrics: Sequence[str] | str | None = None) -> Plan:
+          metrics: Sequence[str] | str | None = None, split: str = "test") -> Plan:
     """Everything that can be wrong, in one sentence, before the exports (most of a minute) and generation.
 
     Cheap (configs, data files, adapter headers), so `%opt compare` calls it in the cell: a refusal known up
@@ -475,8 +465,12 @@ def check(runs: Sequence[Any] | Any, prompts: Sequence[dict[str, Any] | str] | s
     config = trained[0].config
     splits = read_splits(config)
     test_rows = splits.get("test", [])
-    if evaluate and not test_rows:
+    if evaluate and split == "test" and not test_rows:
         raise ExportError(f"Run {trained[0].name!r} has no test split to evaluate on: its data needs a 'test' split.")
+    if evaluate:
+        from slmnb.evaluation import split_rows
+
+        test_rows = split_rows(config, split)  # a slice (test[:16]) or another split, checked
     if evaluate and not config.response_template:
         raise ExportError(f"evaluate scores answers against the response_template, and run {trained[0].name!r} has "
                           "none: compare without evaluate.")
@@ -485,14 +479,16 @@ def check(runs: Sequence[Any] | Any, prompts: Sequence[dict[str, Any] | str] | s
         raise ExportError(f"few_shot={few_shot} needs that many training rows; the run has {len(train)}.")
     examples = random.Random(0).sample(train, few_shot) if few_shot else []
     return Plan(items, trained, _prompts(prompts, test_rows or train), test_rows, examples, max_new_tokens,
-                _metric_names(metrics))
+                _metric_names(metrics), split)
 
 
 def prepare(runs: Sequence[Any] | Any | Plan, prompts: Sequence[dict[str, Any] | str] | str | Path | None = None,
             max_new_tokens: int = 64, few_shot: int = 0, evaluate: bool = False,
-            metrics: Sequence[str] | str | None = None, on_phase: Callable[[str], None] | None = None) -> Comparison:
+            metrics: Sequence[str] | str | None = None, on_phase: Callable[[str], None] | None = None,
+            split: str = "test") -> Comparison:
     """Export what is not exported yet and lay out the columns (of a checked Plan); nothing is generated here."""
-    plan = runs if isinstance(runs, Plan) else check(runs, prompts, max_new_tokens, few_shot, evaluate, metrics)
+    plan = runs if isinstance(runs, Plan) else check(runs, prompts, max_new_tokens, few_shot, evaluate, metrics,
+                                                     split)
     exports = [item if isinstance(item, Export) else export(run, on_phase=_named_phase(run.name, on_phase))
                for item, run in zip(plan.items, plan.runs, strict=True)]
     first = exports[0]
@@ -503,7 +499,7 @@ def prepare(runs: Sequence[Any] | Any | Plan, prompts: Sequence[dict[str, Any] |
     columns += [Column(e.run.name, e, adapter=True, run=e.run) for e in exports]
     if plan.examples:
         columns.append(Column(f"base, {len(plan.examples)}-shot", first, adapter=False, examples=plan.examples))
-    return Comparison(plan.prompts, columns, plan.test_rows, plan.max_new_tokens, plan.metrics)
+    return Comparison(plan.prompts, columns, plan.test_rows, plan.max_new_tokens, plan.metrics, plan.split)
 
 
 def _metric_names(metrics: Sequence[str] | str | None) -> list[str] | None:
@@ -550,13 +546,14 @@ def _prompts(prompts: Sequence[dict[str, Any] | str] | str | Path | None,
 
 def compare(runs: Sequence[Any] | Any, prompts: Sequence[dict[str, Any] | str] | str | Path | None = None,
             evaluate: bool = False, max_new_tokens: int = 64, few_shot: int = 0,
-            metrics: Sequence[str] | str | None = None) -> Comparison:
+            metrics: Sequence[str] | str | None = None, split: str = "test") -> Comparison:
     """Base model and fine-tunes answering the same prompts (default: a few test rows), filled and returned.
 
     `prompts` is a list of texts or rows, or a file (.txt: one prompt per line; .json/.jsonl/.csv: rows).
-    evaluate=True scores every column on the test split with `metrics` (default: the run's); with few_shot, print()
+    evaluate=True scores every column on `split` (the test split; a slice such as "test[:16]" is quicker) with
+    `metrics` (default: the run's); with few_shot, print()
     ends with what the fine-tune bought over prompting (trade_line()).
     In a notebook, `%opt compare` shows the same thing streaming into a table.
     """
-    comparison = prepare(runs, prompts, max_new_tokens, few_shot, evaluate, metrics)
+    comparison = prepare(runs, prompts, max_new_tokens, few_shot, evaluate, metrics, split=split)
     return comparison.fill(evaluate=evaluate)

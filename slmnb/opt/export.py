@@ -184,24 +184,17 @@ def _evaluation_inputs(run: Any, split: str, metrics: Sequence[str] | str | None
     """The split's rows, the settled metric names and the answer length: every mistake before any generation,
     in the same words as run.evaluate's."""
     from slmnb.evaluation import metric_names, references_of, split_rows
+    from slmnb.training.generation_eval import answer_length
 
     rows = list(rows) if rows is not None else split_rows(run.config, split)
     if not rows:
         raise ExportError(f"There are no rows to evaluate run {run.name!r} on: give a split that has some.")
     names = metric_names(run.config, references_of(run.config, rows), metrics)
     if max_new_tokens is None:
-        max_new_tokens = answer_length(run.config, rows, tokenizer)
+        max_new_tokens = answer_length(run.config, tokenizer())
     elif not isinstance(max_new_tokens, int) or isinstance(max_new_tokens, bool) or max_new_tokens < 1:
         raise ExportError(f"max_new_tokens must be a whole number of at least 1, not {max_new_tokens!r}.")
     return rows, names, max_new_tokens
-
-
-def answer_length(config: Any, rows: Sequence[dict[str, Any]], tokenizer: Callable[[], Any]) -> int:
-    """New tokens per answer, as run.evaluate allows them: the run's eval_max_new_tokens, else room for the longest
-    reference and a little more."""
-    from slmnb.evaluation import answer_budget, references_of
-
-    return getattr(config, "eval_max_new_tokens", None) or answer_budget(tokenizer(), references_of(config, rows))
 
 
 def _answer_all(onnx: Any, prompts: list[list[int]], max_new_tokens: int, adapter: Path | None,

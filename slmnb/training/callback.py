@@ -80,6 +80,10 @@ def make_callback(sink: Sink, config: FinetuneConfig, run_dir: Path, dropped: in
                 control.should_save = True
             if state.global_step >= state.max_steps:
                 control.should_save = True  # the last step is always resumable, for a longer run later
+                # ...and evaluated, so a run's last scores are those of the weights it ends with (max_steps need not
+                # be a multiple of eval_steps: a run shortened to 4 steps still shows where it got to).
+                if args.eval_strategy != "no" and not sink.should_stop():
+                    control.should_evaluate = True
             if control.should_save and model is not None and not weights_finite(model):
                 raise diverged(state.global_step, "the weights are no longer finite numbers", args.learning_rate)
 

@@ -4,14 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from slmnb.config import FinetuneConfig
-from slmnb.data import prompt_ids, render
+from slmnb.data import prompt_ids
 from slmnb.errors import RunError
-from slmnb.metrics import label_of as first_word  # its old name here, for existing callers
 from slmnb.models import load_model, load_tokenizer, quiet_libraries
 from slmnb.progress import progress as progress_bar
 from slmnb.training.base import load_base
@@ -121,22 +119,6 @@ class _AdapterOff:
     def generate(self, **kwargs: Any) -> Any:
         with self.model.disable_adapter():
             return self.model.generate(**kwargs)
-
-
-@dataclass(frozen=True)
-class Score:
-    """Answers to a split's rows, and the share whose first word is the expected response's first word."""
-
-    accuracy: float
-    answers: list[str]
-    expected: list[str]
-    rows: list[dict[str, Any]]
-
-
-def score(answers: Sequence[str], rows: Sequence[dict[str, Any]], response_template: str) -> Score:
-    expected = [render(response_template, row, "response_template") for row in rows]
-    hits = sum(first_word(a) == first_word(e) for a, e in zip(answers, expected, strict=True))
-    return Score(accuracy=hits / max(len(rows), 1), answers=list(answers), expected=expected, rows=list(rows))
 
 
 @contextmanager

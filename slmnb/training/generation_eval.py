@@ -110,3 +110,15 @@ def answer_budget(encoded_train: Sequence[dict[str, list[int]]]) -> int:
     """
     longest = max((sum(label != -100 for label in row["labels"]) for row in encoded_train), default=0)
     return max(1, min(MAX_EVAL_NEW_TOKENS, longest + max(2, longest // 4)))
+
+
+def answer_length(config: FinetuneConfig, tokenizer: Any) -> int:
+    """New tokens per answer after training (run.evaluate, Export.evaluate, %opt compare --eval): the run's
+    eval_max_new_tokens, else answer_budget over its training responses, so an answer gets the room it got while
+    training, whichever split is scored."""
+    from slmnb.data import encode_rows
+    from slmnb.datafiles import read_splits
+
+    if config.eval_max_new_tokens:
+        return config.eval_max_new_tokens
+    return answer_budget(encode_rows(config, tokenizer, read_splits(config).get("train", []))[0])

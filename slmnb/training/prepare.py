@@ -38,6 +38,11 @@ def settled_fields(config: FinetuneConfig) -> dict[str, Any]:
     return fields
 
 
+# The note that says which metrics a run chose: information, where the other notes are warnings (front ends that
+# colour warnings tell the two apart by this start).
+METRICS_NOTE = "metrics: "
+
+
 def settled_metrics(config: FinetuneConfig, train_rows: Sequence[dict[str, Any]]) -> tuple[dict[str, Any], list[str]]:
     """What the data decides about evaluation (the metrics, how many rows generation-eval answers), and a note
     saying which metrics were chosen and why. Cheap: the responses are rendered, not tokenized.
@@ -51,7 +56,7 @@ def settled_metrics(config: FinetuneConfig, train_rows: Sequence[dict[str, Any]]
     if not config.response_template:
         if config.eval_generate_samples is None:
             fields["eval_generate_samples"] = 0
-            notes.append("metrics: none, since a text_template run has no separate answer to score (give "
+            notes.append(f"{METRICS_NOTE}none, since a text_template run has no separate answer to score (give "
                          "prompt_template + response_template to score generated answers)")
         check_metric_for_best_model(config, [])
         return fields, notes
@@ -60,7 +65,7 @@ def settled_metrics(config: FinetuneConfig, train_rows: Sequence[dict[str, Any]]
         names, why = metrics.choose([render(config.response_template, row, "response_template")
                                      for row in train_rows])
         fields["metrics"] = names
-        notes.append(f"metrics: {', '.join(names)} ({why})")
+        notes.append(f"{METRICS_NOTE}{', '.join(names)} ({why})")
     if config.eval_generate_samples is None:
         fields["eval_generate_samples"] = DEFAULT_EVAL_GENERATE_SAMPLES
     check_metric_for_best_model(config, names)

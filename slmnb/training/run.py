@@ -362,29 +362,11 @@ class TrainingRun:
         return self._predictor
 
     def release(self) -> None:
-        """Free the models that predict() and score() keep loaded (the next call loads them again)."""
+        """Free the models that predict() and evaluate() keep loaded (the next call loads them again)."""
         from slmnb.models import release_memory
 
         self._predictor = None
         release_memory()  # collect, and give the freed heap back to the system (glibc keeps it otherwise)
-
-    def score(self, split: str = "test", adapter: bool = True, max_new_tokens: int = 8,
-              progress: bool | Callable[[int, int], None] = True) -> Any:
-        """Greedy answers to a split of the run's data (slices work: test[:20]), scored by their first word.
-
-        This is the accuracy of a classification-style task, such as the bundled tones.
-        """
-        from slmnb.data import select_split
-        from slmnb.datafiles import read_splits
-        from slmnb.training.generate import score
-
-        rows = select_split(read_splits(self.config), split, "split")
-        if not self.config.response_template:
-            raise RunError("score() compares answers with the response_template, and this run has none: use "
-                           "predict() and compare the answers yourself.")
-        answers = self._loaded().predict(rows, max_new_tokens=max_new_tokens, adapter=adapter, progress=progress,
-                                         label=f"score {split}")
-        return score(answers, rows, self.config.response_template)
 
     def evaluate(self, split: str = "test", metrics: Sequence[str] | str | None = None, adapter: bool = True,
                  max_new_tokens: int | None = None, progress: bool | Callable[[int, int], None] = True) -> Any:
