@@ -39,6 +39,11 @@ def build_parser() -> argparse.ArgumentParser:
     add_export_options(commands.add_parser("export", help="Export a run to ONNX for onnxruntime-genai."))
     add_compare_options(commands.add_parser("compare", help="Base model and fine-tunes side by side (ONNX)."))
     add_eval_options(commands.add_parser("eval", help="Score a run on a split: metrics, confusion matrix, misses."))
+    search = commands.add_parser("search", help="Search hyperparameters: trials one after another, Optuna-pruned.")
+    search.add_argument("config", help="A YAML or JSON config with search_space (and search_strategy, objective).")
+    search.add_argument("--name", help="The search's name; a search of that name in the storage is joined.")
+    search.add_argument("--storage", help="An Optuna storage URL shared by workers, such as postgresql://...; "
+                        "default: sqlite in runs/<name>/study.db.")
     return parser
 
 
@@ -182,6 +187,51 @@ def run_eval(options: dict[str, Any]) -> int:
     return 0
 
 
+def run_search(options: dict[str, Any]) -> int:
+    """`slmnb search CONFIG`: the trials in the foreground, a line each, and the best trial's cell at the end."""
+    from slmnb.search.api import search
+
+    def line(event: Any) -> None:
+        from slmnb.metrics import score_text
+        from slmnb.search import events as sev
+
+        if isinstance(event, sev.TrialStarted):
+            params = ", ".join(f"{k}={v}" for k, v in event.params.items())
+            print(f"trial {event.number} ({event.run}): {params}", file=sys.stderr, flush=True)
+        elif isinstance(event, sev.TrialEnded):
+            value = score_text(found.spec.objective, event.value)
+            print(f"trial {event.number} {event.state}: {found.spec.objective} {value} after {event.steps} steps in "
+                  f"{clock(event.seconds)}" + (f"; {event.reason}" if event.state != "complete" else ""),
+                  file=sys.stderr, flush=True)
+
+    found = search(options["config"], name=options.get("name"), storage=options.get("storage"))
+    found.subscribe(line)
+    print(f"search {found.name}: {found.spec.num_trials} trials ({found.spec.strategy}, pruner {found.spec.pruner}) "
+          f"in {found.dir}", file=sys.stderr, flush=True)
+    try:
+        while found.alive:
+            found.wait(0.2)  # short waits keep Ctrl-C responsive
+    except KeyboardInterrupt:
+        print("\nstopping the search: the trial training now is queued again for a resume...", file=sys.stderr)
+        found.stop()
+    except SlmnbError:
+        pass  # said below
+    while found.alive:
+        time.sleep(0.2)
+    ended = found.history[-1] if found.history else None
+    saved = getattr(ended, "steps_saved", 0)
+    print(f"search {found.name} {found.status} ({found.reason}); pruning saved {saved} steps", file=sys.stderr)
+    if found.best is not None:
+        print(found.best_cell())
+    elif found.status == "failed":
+        print(f"error: {found.reason}", file=sys.stderr)
+        return 1
+    if found.status == "stopped":
+        storage = f" --storage {options['storage']}" if options.get("storage") else ""
+        print(f"continue with: slmnb search {options['config']} --name {found.name}{storage}", file=sys.stderr)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     try:
@@ -199,6 +249,8 @@ def main(argv: list[str] | None = None) -> int:
             return run_compare(args)
         if command == "eval":
             return run_eval(args)
+        if command == "search":
+            return run_search(args)
     except SlmnbError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

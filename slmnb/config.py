@@ -114,6 +114,11 @@ class FinetuneConfig:
     early_stopping_patience: int | None = _opt(
         None, "Stop after this many evaluations without a better metric_for_best_model (eval loss by default).",
         "int", low=1)
+    loss: str | None = _opt(
+        None, "A training loss of your own, 'path/to/file.py:function_name' (the Python API also takes the function): "
+        "loss(logits, labels) returns a scalar tensor, the mean over the labelled positions, where logits[:, t] "
+        "(batch, positions, vocab) predicts labels[:, t] and -100 marks positions without loss; empty means the "
+        "model's own cross-entropy, which eval_loss always is.", "str")
     # evaluation
     metrics: list[str] | None = _opt(
         None, "Scores of generated answers at each evaluation: accuracy, f1, exact_match, bleu, rouge, chrf, or the "
@@ -137,6 +142,11 @@ class FinetuneConfig:
     name: str | None = _opt(None, "The run's name; empty means one made from the data, method and time.", "str")
 
     def __post_init__(self) -> None:
+        function: Any = self.loss
+        if callable(function):  # slmnb.finetune(..., loss=fn): config.yaml keeps the file that defines it
+            from slmnb.training.loss import reference
+
+            self.loss = reference(function)
         for f in fields(self):
             setattr(self, f.name, coerce_field(f, getattr(self, f.name)))
         self._check_combinations()
@@ -159,6 +169,11 @@ class FinetuneConfig:
                               + "; set base_weights to original or auto.")
         if self.name is not None:
             check_name(self.name)
+        if self.loss is not None:
+            from slmnb.training.loss import split
+
+            # Its shape only: the file is read when a run starts, since a saved run's config may outlive the file.
+            self.loss = ":".join(split(self.loss))
         self._check_evaluation()
 
     def _check_evaluation(self) -> None:

@@ -308,6 +308,10 @@ def preview(config: FinetuneConfig | dict[str, Any] | str, n: int = 5) -> Previe
     from slmnb.models import load_tokenizer
 
     config = with_default_templates(load_config(config))
+    if config.loss:  # a missing loss file is said by the dry run too, not only when training starts
+        from slmnb.training.loss import check
+
+        check(config.loss)
     data = load_data(config)
     tokenizer = load_tokenizer(config.model_name_or_path)
     if config.use_chat_template and not getattr(tokenizer, "chat_template", None):

@@ -183,6 +183,11 @@ def _train(config: FinetuneConfig, rows: data_mod.Data, folder: RunFolder, sink:
 
     start_step = int(resume_from.name.split("-")[-1]) if resume_from else 0
     precision = effective_precision(config.precision)
+    loss_func: Any = None
+    if config.loss:  # imported before anything heavy, so a broken file fails the run at once
+        from slmnb.training.loss import load as load_loss
+
+        loss_func = load_loss(config.loss)
     tokenizer = load_tokenizer(config.model_name_or_path)
     try:
         train_set, dropped = data_mod.encode_rows(config, tokenizer, rows.train, check=sink.check_stop)
@@ -203,7 +208,8 @@ def _train(config: FinetuneConfig, rows: data_mod.Data, folder: RunFolder, sink:
     if plan.early_stopping and config.early_stopping_patience:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=config.early_stopping_patience))
     trainer = _trainer_class()(model=model, args=args, train_dataset=train_set, eval_dataset=eval_set or None,
-                               data_collator=Collator(tokenizer.pad_token_id), callbacks=callbacks)
+                               data_collator=Collator(tokenizer.pad_token_id), callbacks=callbacks,
+                               compute_loss_func=loss_func)
     trainer.generation = generation
     trainer.remove_callback(PrinterCallback)
     try:

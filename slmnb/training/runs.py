@@ -54,6 +54,10 @@ class Runs:
         # mistake is answered at once, without building or converting a model.
         filled = {**self._name_for(config), **default_templates(config)}
         config = config.replace(**filled) if filled else config
+        if config.loss:  # read, not run: the user's file runs in the training thread, where torch is imported
+            from slmnb.training.loss import check as check_loss
+
+            check_loss(config.loss)
         folder = RunFolder(self._folder_path(config))
         # Under torchrun every rank trains, but rank 0 alone makes and writes the folder (it has a name already).
         writer = int(os.environ.get("RANK", "0")) == 0

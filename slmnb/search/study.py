@@ -1,0 +1,296 @@
+"""Search: a hyperparameter search run as Optuna trials, one slmnb run each, in one background thread.
+
+A trial is a normal run (`Runs.start`) in `<root>/<search>-<n>`, n being Optuna's trial number, so `%finetune runs`,
+`load_run` and every run view open it by name; the search's own folder `<root>/<search>/` holds `study.db` (the
+default SQLite storage) and `search.yaml` (the fixed config, the search keys and the storage URL, what
+`resume_search` reads). At each evaluation the trial reports the objective to Optuna and is stopped as pruned when
+the pruner says so (slmnb.search.trial). A trial's value is the objective at its run's last evaluation (the weights
+it ends with), not the best one it passed on the way.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import math
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from slmnb.config import FinetuneConfig
+from slmnb.errors import RunError, SlmnbError
+from slmnb.search import events as sev
+from slmnb.search.spec import SearchSpec
+from slmnb.search.trial import TrialFailed, TrialRow, row_of
+from slmnb.training.runs import Runs
+from slmnb.training.states import RunState
+
+if TYPE_CHECKING:
+    import optuna
+
+    from slmnb.training.run import TrainingRun
+
+log = logging.getLogger(__name__)
+SearchListener = Callable[[sev.SearchEvent], None]
+# This many failures in a row with the same sentence end the search: the config is wrong, not the parameters.
+SAME_FAILURE_LIMIT = 3
+
+
+class Search:
+    """A search over `spec.space`; `start()` trains its trials in a background thread and returns at once."""
+
+    def __init__(self, name: str, root: str | Path, fixed: dict[str, Any], spec: SearchSpec,
+                 storage: str | None = None) -> None:
+        self.name, self.root, self.fixed, self.spec = name, Path(root), dict(fixed), spec
+        self.dir = self.root / name
+        self.storage_url = storage or default_storage(self.dir)
+        self.status = RunState.CREATED
+        self.history: list[sev.SearchEvent] = []
+        self.run: TrainingRun | None = None  # the trial training now
+        self.reason = ""  # why the search ended
+        self.runs = Runs(self.root)  # where the trials' runs start
+        self._listeners: list[SearchListener] = []
+        self._lock = threading.RLock()
+        self._stop = threading.Event()
+        self._unpaused = threading.Event()
+        self._unpaused.set()
+        self._thread: threading.Thread | None = None
+        self._study: optuna.Study | None = None
+        self._error: BaseException | None = None
+        self._last_ended: sev.TrialEnded | None = None
+
+    def __repr__(self) -> str:
+        done = sum(1 for t in self.trials if t.state in ("complete", "pruned", "failed"))
+        return (f"<Search {self.name!r}: {self.status}, {done}/{self.spec.num_trials} trials as of "
+                f"{time.strftime('%H:%M:%S')}, in {self.dir}>")
+
+    # --- the study --------------------------------------------------------------------------------------------
+
+    @property
+    def study(self) -> optuna.Study:
+        """The Optuna study (created or joined by open_study)."""
+        if self._study is None:
+            raise RunError(f"Search {self.name!r} has no study yet: start it with slmnb.search().")
+        return self._study
+
+    def open_study(self) -> Search:
+        """Create the study in its storage, or join it when it exists (a resume, or another worker)."""
+        from slmnb.search import optuna_parts as parts
+
+        self.dir.mkdir(parents=True, exist_ok=True)
+        # Workers starting together on a new SQLite file would race to create its tables: one at a time here.
+        with open(self.dir / ".study.lock", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            self._study = parts.create_or_join(self.name, self.fixed, self.spec, self.storage_url)
+        return self
+
+    # --- what it is -------------------------------------------------------------------------------------------
+
+    @property
+    def trials(self) -> list[TrialRow]:
+        """Every trial of the study (surplus claims left out), by number: what a table or dashboard polls."""
+        if self._study is None:
+            return []
+        rows = [row_of(t) for t in self._study.get_trials(deepcopy=False) if not t.user_attrs.get("surplus")]
+        run = self.run
+        if run is not None:  # the trial training here: its steps and time so far (the study has them at its end)
+            rows = [replace(r, steps=run.step, seconds=run.elapsed(), max_steps=run.max_steps)
+                    if r.run == run.name and r.state == "running" else r for r in rows]
+        return rows
+
+    @property
+    def best(self) -> TrialRow | None:
+        done = [t for t in self.trials if t.state == "complete" and t.value is not None and math.isfinite(t.value)]
+        if not done:
+            return None
+        pick = max if self.spec.direction == "maximize" else min
+        return pick(done, key=lambda t: t.value or 0.0)
+
+    def best_config(self) -> FinetuneConfig:
+        """The best trial's config: the fixed fields with its parameters (no name: a new run gets its own)."""
+        best = self.best
+        if best is None:
+            raise RunError(f"Search {self.name!r} has no completed trial yet: wait for one, or resume the search.")
+        return FinetuneConfig.from_dict({**self.fixed, **best.params, "name": None})
+
+    def best_cell(self) -> str:
+        """The best config as a `%%finetune` cell: FinetuneConfig.from_text(its body) == best_config()."""
+        body = self.best_config().to_yaml(include_defaults=False)
+        return f"%%finetune --name {self.name}-best\n{body}"
+
+    @property
+    def alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    @property
+    def stop_requested(self) -> bool:
+        return self._stop.is_set()
+
+    @property
+    def held(self) -> bool:
+        """Paused: the trial training now holds between steps, and no new one starts."""
+        return not self._unpaused.is_set()
+
+    # --- listening --------------------------------------------------------------------------------------------
+
+    def subscribe(self, listener: SearchListener, replay: bool = False) -> Callable[[], None]:
+        """Call `listener(event)` for each search event and each trial run's event (as TrialEvent); keep it quick."""
+        with self._lock:
+            if replay:
+                for event in self.history:
+                    listener(event)
+            self._listeners.append(listener)
+
+        def unsubscribe() -> None:
+            with self._lock:
+                if listener in self._listeners:
+                    self._listeners.remove(listener)
+
+        return unsubscribe
+
+    def emit(self, event: sev.SearchEvent) -> None:
+        with self._lock:
+            if not isinstance(event, sev.TrialEvent):  # a run keeps its own events; the search keeps its own
+                self.history.append(event)
+            for listener in list(self._listeners):
+                try:
+                    listener(event)
+                except Exception as exc:
+                    self._listeners.remove(listener)
+                    log.warning("slmnb: a listener of search %r failed (%s: %s) and gets no more events.",
+                                self.name, type(exc).__name__, exc)
+
+    # --- controls ---------------------------------------------------------------------------------------------
+
+    def stop(self) -> None:
+        """Stop the trial training now (re-queued for a resume) and start no other. Returns at once."""
+        with self._lock:
+            if self.status.live:
+                self._stop.set()
+                self._unpaused.set()
+                self.status = RunState.STOPPING
+                if self.run is not None:
+                    self.run.stop()
+
+    def pause(self) -> None:
+        """Hold the trial training now between steps, and start no new one until resume()."""
+        with self._lock:
+            if self.status == RunState.RUNNING:
+                self._unpaused.clear()
+                self.status = RunState.PAUSED
+                if self.run is not None:
+                    self.run.pause()
+
+    def resume(self) -> Search:
+        """Go on after pause(). (An ended search continues with slmnb.resume_search(name).)"""
+        with self._lock:
+            if self.status == RunState.PAUSED:
+                self._unpaused.set()
+                self.status = RunState.RUNNING
+                if self.run is not None:
+                    self.run.resume()
+        return self
+
+    def wait(self, timeout: float | None = None) -> Search:
+        """Block until the search ends (or timeout seconds pass); a search that failed raises its sentence."""
+        from slmnb.training.run import WaitInterrupted
+
+        deadline = None if timeout is None else time.monotonic() + timeout
+        try:
+            while self.alive and (deadline is None or time.monotonic() < deadline):
+                time.sleep(0.05)  # short sleeps keep the kernel's interrupt responsive (see TrainingRun.wait)
+        except KeyboardInterrupt:
+            if not self.alive:
+                raise
+            raise WaitInterrupted(f"Stopped waiting for search {self.name!r}, which goes on: search.stop() ends "
+                                  "it.") from None
+        if self._error is not None and not self.alive:
+            raise RunError(self.reason) from self._error
+        return self
+
+    # --- the thread -------------------------------------------------------------------------------------------
+
+    def start(self) -> Search:
+        from slmnb.training.failure import TRAINING
+
+        TRAINING.check_free()
+        if self._study is None:
+            self.open_study()
+        self._stop.clear()
+        self._unpaused.set()
+        self.status, self._error, self.reason = RunState.RUNNING, None, ""
+        self._thread = threading.Thread(target=self._work, daemon=True, name=f"slmnb-search-{self.name}")
+        self._thread.start()
+        return self
+
+    def _work(self) -> None:
+        from slmnb.search import optuna_parts as parts
+
+        started, failures = time.monotonic(), list[str]()
+        try:
+            study = self.study
+            while True:
+                self._unpaused.wait()
+                if self._stop.is_set():
+                    self.reason = "stopped"
+                    break
+                if self.spec.max_time is not None and time.monotonic() - started >= self.spec.max_time:
+                    self.reason = "max_time reached"
+                    break
+                parts.reap_local(study)
+                if not parts.more_to_run(study.get_trials(deepcopy=False), self.spec.num_trials):
+                    self.reason = "num_trials reached"
+                    break
+                self._wait_for_training_slot()
+                self._last_ended = None
+                study.optimize(self._objective, n_trials=1, catch=(TrialFailed,), callbacks=[self._ended])
+                ended = self._last_ended
+                failures = [*failures, ended.reason] if ended is not None and ended.state == "failed" else []
+                if len(failures) >= SAME_FAILURE_LIMIT and len(set(failures[-SAME_FAILURE_LIMIT:])) == 1:
+                    raise RunError(f"Search {self.name!r} ended: its last {SAME_FAILURE_LIMIT} trials failed "
+                                   f"alike ({failures[-1].rstrip('.')}).")
+            self.status = RunState.STOPPED if self._stop.is_set() else RunState.FINISHED
+        except BaseException as exc:
+            self._error = exc
+            self.reason = str(exc) if isinstance(exc, SlmnbError) else f"{type(exc).__name__}: {exc}"
+            self.status = RunState.FAILED
+        finally:
+            self.run = None
+            self.emit(self._summary())
+
+    def _wait_for_training_slot(self) -> None:
+        """A run the user started meanwhile trains first: one training per process (slmnb.training.failure)."""
+        from slmnb.training.failure import TRAINING
+
+        while TRAINING.holder is not None and not self._stop.is_set():
+            time.sleep(0.5)
+
+    def _objective(self, trial: optuna.Trial) -> float:
+        from slmnb.search.trial import run_trial
+
+        return run_trial(self, trial)
+
+    def _ended(self, study: optuna.Study, frozen: Any) -> None:
+        """Optuna's callback after each trial: the TrialEnded event (none for a surplus claim)."""
+        if frozen.user_attrs.get("surplus"):
+            return
+        row = row_of(frozen)
+        self._last_ended = sev.TrialEnded(number=row.number, state=row.state, value=row.value, steps=row.steps,
+                                          seconds=row.seconds, reason=row.reason, run=row.run)
+        self.emit(self._last_ended)
+
+    def _summary(self) -> sev.SearchEnded:
+        rows = self.trials
+        best = self.best
+        saved = sum(max((t.max_steps or t.steps) - t.steps, 0) for t in rows if t.state == "pruned")
+        return sev.SearchEnded(best_number=best.number if best else None, best_value=best.value if best else None,
+                               reason=self.reason, steps_trained=sum(t.steps for t in rows), steps_saved=saved)
+
+
+def default_storage(folder: Path) -> str:
+    return f"sqlite:///{(folder / 'study.db').resolve()}"
+
+
