@@ -35,9 +35,9 @@ _EXPORTS = {
     "compare": "slmnb.opt.compare",
     "Evaluation": "slmnb.evaluation",
     "ExportError": "slmnb.errors",
-    "search": "slmnb.search",  # the package, callable: slmnb.search(config) starts a search
-    "resume_search": "slmnb.search",
-    "list_searches": "slmnb.search",
+    "search": "slmnb.tuning",
+    "resume_search": "slmnb.tuning",
+    "list_searches": "slmnb.tuning",
 }
 
 __all__ = sorted(_EXPORTS)
@@ -47,7 +47,7 @@ def __getattr__(name: str) -> Any:
     if name not in _EXPORTS:
         raise AttributeError(f"module 'slmnb' has no attribute {name!r}")
     module = importlib.import_module(_EXPORTS[name])
-    value = module if name in ("events", "search") else getattr(module, name)
+    value = module if name == "events" else getattr(module, name)
     globals()[name] = value
     return value
 

@@ -189,11 +189,11 @@ def run_eval(options: dict[str, Any]) -> int:
 
 def run_search(options: dict[str, Any]) -> int:
     """`slmnb search CONFIG`: the trials in the foreground, a line each, and the best trial's cell at the end."""
-    from slmnb.search.api import search
+    from slmnb.tuning.api import search
 
     def line(event: Any) -> None:
         from slmnb.metrics import score_text
-        from slmnb.search import events as sev
+        from slmnb.tuning import events as sev
 
         if isinstance(event, sev.TrialStarted):
             params = ", ".join(f"{k}={v}" for k, v in event.params.items())

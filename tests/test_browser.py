@@ -248,7 +248,7 @@ def test_quickstart_trains_live_and_stops(page: Any, lab: dict[str, Any]) -> Non
     wait_idle(page)
     assert not errors(page), errors(page)
     assert not tracebacks(page), tracebacks(page)
-    printed = cell(page, "base, tuned = run.score").locator("[data-mime-type='application/vnd.jupyter.stdout']")
+    printed = cell(page, "base = run.evaluate(").locator("[data-mime-type='application/vnd.jupyter.stdout']")
     assert printed.inner_text().startswith("base ")
     # The run ended: its static record replaces the live charts (the same charts twice otherwise), and the
     # buttons are back with the wait over.

@@ -16,10 +16,10 @@ import yaml
 import slmnb
 from slmnb.config import FinetuneConfig
 from slmnb.errors import ConfigError, RunError
-from slmnb.search import events as sev
-from slmnb.search.api import list_searches, resume_search, search, trial_runs
-from slmnb.search.spec import Param, SearchSpec, parse_search
 from slmnb.training.states import RunState
+from slmnb.tuning import events as sev
+from slmnb.tuning.api import list_searches, resume_search, search, trial_runs
+from slmnb.tuning.spec import Param, SearchSpec, parse_search
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -215,8 +215,8 @@ def test_pruning_stops_a_trial_that_learns_clearly_worse(workdir: Path, short: d
 
 _WORKER = """
 import os, sys
-from slmnb.search import events as sev
-from slmnb.search.api import search
+from slmnb.tuning import events as sev
+from slmnb.tuning.api import search
 config = {config!r}
 found = search(config, name={name!r})
 if {die_in_second_trial}:  # as kill -9 would: no stop, no tell, the trial left RUNNING in the study
@@ -308,7 +308,8 @@ def test_a_search_spec_round_trips_through_its_dict() -> None:
 
 def test_parsing_a_search_imports_neither_optuna_nor_torch() -> None:
     code = ("import sys, slmnb\n"
-            "slmnb.search.parse_search({'search_space': {'lora_r': {'type': 'choice', 'values': [2, 4]}}})\n"
+            "from slmnb.tuning import parse_search\n"
+            "parse_search({'search_space': {'lora_r': {'type': 'choice', 'values': [2, 4]}}})\n"
             "print([m for m in ('optuna', 'torch', 'transformers') if m in sys.modules], callable(slmnb.search))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[] True"
@@ -341,7 +342,7 @@ def test_num_trials_counts_what_trained_or_waits_but_not_what_was_retried_or_sur
     from optuna.distributions import IntDistribution
     from optuna.trial import TrialState, create_trial
 
-    from slmnb.search import optuna_parts as parts
+    from slmnb.tuning import optuna_parts as parts
 
     study = optuna.create_study()
     dist = {"lora_r": IntDistribution(1, 8)}
@@ -406,3 +407,15 @@ def test_each_strategy_and_pruner_is_optuna_s_own(workdir: Path, short: dict, st
         run = slmnb.load_run(row.run)
         assert run.config.per_device_train_batch_size == row.params["per_device_train_batch_size"]
         assert row.value == pytest.approx([m for m in run.metrics if m["event"] == "eval"][-1]["perplexity"])
+
+
+def test_the_readmes_search_is_a_valid_search() -> None:
+    import re
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+    block = re.search(r"## Search hyperparameters.*?```yaml\n(.*?)```", readme, re.S)
+    assert block is not None
+    fixed, spec = parse_search(yaml.safe_load(block.group(1)))
+    assert spec is not None and spec.objective == "accuracy" and spec.strategy == "tpe"
+    assert set(spec.space) == {"learning_rate", "lora_r", "per_device_train_batch_size"}
+    FinetuneConfig.from_dict(fixed)  # the fixed fields are a valid config on their own

@@ -4,7 +4,7 @@ A trial is a normal run (`Runs.start`) in `<root>/<search>-<n>`, n being Optuna'
 `load_run` and every run view open it by name; the search's own folder `<root>/<search>/` holds `study.db` (the
 default SQLite storage) and `search.yaml` (the fixed config, the search keys and the storage URL, what
 `resume_search` reads). At each evaluation the trial reports the objective to Optuna and is stopped as pruned when
-the pruner says so (slmnb.search.trial). A trial's value is the objective at its run's last evaluation (the weights
+the pruner says so (slmnb.tuning.trial). A trial's value is the objective at its run's last evaluation (the weights
 it ends with), not the best one it passed on the way.
 """
 
@@ -22,11 +22,11 @@ from typing import TYPE_CHECKING, Any
 
 from slmnb.config import FinetuneConfig
 from slmnb.errors import RunError, SlmnbError
-from slmnb.search import events as sev
-from slmnb.search.spec import SearchSpec
-from slmnb.search.trial import TrialFailed, TrialRow, row_of
 from slmnb.training.runs import Runs
 from slmnb.training.states import RunState
+from slmnb.tuning import events as sev
+from slmnb.tuning.spec import SearchSpec
+from slmnb.tuning.trial import TrialFailed, TrialRow, row_of
 
 if TYPE_CHECKING:
     import optuna
@@ -78,7 +78,7 @@ class Search:
 
     def open_study(self) -> Search:
         """Create the study in its storage, or join it when it exists (a resume, or another worker)."""
-        from slmnb.search import optuna_parts as parts
+        from slmnb.tuning import optuna_parts as parts
 
         self.dir.mkdir(parents=True, exist_ok=True)
         # Workers starting together on a new SQLite file would race to create its tables: one at a time here.
@@ -227,7 +227,7 @@ class Search:
         return self
 
     def _work(self) -> None:
-        from slmnb.search import optuna_parts as parts
+        from slmnb.tuning import optuna_parts as parts
 
         started, failures = time.monotonic(), list[str]()
         try:
@@ -269,7 +269,7 @@ class Search:
             time.sleep(0.5)
 
     def _objective(self, trial: optuna.Trial) -> float:
-        from slmnb.search.trial import run_trial
+        from slmnb.tuning.trial import run_trial
 
         return run_trial(self, trial)
 

@@ -1,4 +1,4 @@
-"""Hyperparameter search on Optuna: `slmnb.search(config)` returns a running `Search` at once.
+"""Hyperparameter search on Optuna: `slmnb.search(config)` (this package's `search`) returns a running `Search`.
 
 The config holds the fixed fields of every trial plus three search keys, as the SLMOps search file writes them:
 
@@ -25,7 +25,7 @@ The API, for front ends (the magic, the dashboard, the CLI):
   state waiting|running|complete|pruned|failed, steps, seconds, run, reason, max_steps; poll it), `best`,
   `best_config()`, `best_cell()`, `run` (the TrainingRun of the trial training now), `study` (the Optuna study),
   `stop()`, `pause()`, `resume()`, `wait()`, `subscribe(listener, replay=False)`.
-- Events (slmnb.search.events): TrialStarted, TrialEvent (each event of a trial's run, to draw live curves),
+- Events (slmnb.tuning.events): TrialStarted, TrialEvent (each event of a trial's run, to draw live curves),
   TrialEnded, SearchEnded (best trial, and the steps pruning saved).
 
 Each trial is a normal run named <name>-<n> in the runs folder; every run view opens it. A trial's value is the
@@ -36,58 +36,45 @@ cut trial's parameters again, and `resume_search` trains them; the cut trial sta
 
 from __future__ import annotations
 
-import sys
-import types
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from slmnb.config import FinetuneConfig
-    from slmnb.search.spec import SearchSpec
-    from slmnb.search.study import Search
+    from slmnb.tuning.spec import SearchSpec
+    from slmnb.tuning.study import Search
 
 
 def search(config: FinetuneConfig | dict[str, Any] | str | Path, *, name: str | None = None,
            storage: str | None = None, root: str | Path = "runs", **overrides: Any) -> Search:
-    """Start a hyperparameter search; see slmnb.search.api.search."""
-    from slmnb.search import api
+    """Start a hyperparameter search; see slmnb.tuning.api.search."""
+    from slmnb.tuning import api
 
     return api.search(config, name=name, storage=storage, root=root, **overrides)
 
 
 def resume_search(name: str, *, root: str | Path = "runs", storage: str | None = None,
                   num_trials: int | None = None, max_time: float | None = None) -> Search:
-    """Continue a search from its study (num_trials may grow); see slmnb.search.api.resume_search."""
-    from slmnb.search import api
+    """Continue a search from its study (num_trials may grow); see slmnb.tuning.api.resume_search."""
+    from slmnb.tuning import api
 
     return api.resume_search(name, root=root, storage=storage, num_trials=num_trials, max_time=max_time)
 
 
 def list_searches(root: str | Path = "runs") -> list[str]:
-    from slmnb.search import api
+    from slmnb.tuning import api
 
     return api.list_searches(root)
 
 
 def trial_runs(root: str | Path = "runs") -> dict[str, list[str]]:
     """Each search's trial run names, by search (from folder names: no Optuna import)."""
-    from slmnb.search import api
+    from slmnb.tuning import api
 
     return api.trial_runs(root)
 
 
 def parse_search(values: dict[str, Any]) -> tuple[dict[str, Any], SearchSpec | None]:
-    from slmnb.search import spec
+    from slmnb.tuning import spec
 
     return spec.parse_search(values)
-
-
-class _CallableModule(types.ModuleType):
-    """`slmnb.search` is this package once any of its modules is imported (Python sets the attribute), and the
-    function users call before that: calling the package calls the function, so both spellings always work."""
-
-    def __call__(self, *args: Any, **kwargs: Any) -> Search:
-        return search(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableModule

@@ -9,9 +9,9 @@ from typing import Any
 
 from slmnb.config import FinetuneConfig, _is_path, check_name, parse_yaml, read_config_file
 from slmnb.errors import ConfigError, RunError
-from slmnb.search.spec import SearchSpec, parse_search
-from slmnb.search.study import Search, default_storage
 from slmnb.training.runfiles import RunFolder
+from slmnb.tuning.spec import SearchSpec, parse_search
+from slmnb.tuning.study import Search, default_storage
 
 RECORD = "search.yaml"
 # Trials are named <search>-<n>: the search's name leaves room for the number within a run name's 100 characters.

@@ -15,15 +15,15 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from slmnb.errors import SlmnbError
-from slmnb.search import events as sev
 from slmnb.training import events as ev
 from slmnb.training.states import RunState
+from slmnb.tuning import events as sev
 
 if TYPE_CHECKING:
     import optuna
 
-    from slmnb.search.study import Search
     from slmnb.training.run import TrainingRun
+    from slmnb.tuning.study import Search
 
 
 class TrialFailed(Exception):
@@ -103,7 +103,7 @@ class Watcher:
 def run_trial(search: Search, trial: optuna.Trial) -> float:
     import optuna
 
-    from slmnb.search import optuna_parts as parts
+    from slmnb.tuning import optuna_parts as parts
 
     trial.set_user_attr("host", parts.HOST)
     trial.set_user_attr("pid", os.getpid())

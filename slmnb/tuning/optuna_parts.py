@@ -19,7 +19,7 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from slmnb.search.spec import Param, SearchSpec
+from slmnb.tuning.spec import Param, SearchSpec
 
 HOST = socket.gethostname()
 # A worker that dies mid-trial stops beating; after the grace period any other worker's next trial fails the stale

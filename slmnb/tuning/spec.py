@@ -14,7 +14,7 @@ from typing import Any, Literal
 from slmnb.checks import short_repr
 from slmnb.config import FinetuneConfig
 from slmnb.errors import ConfigError
-from slmnb.search.space import Param, grid_size, mapping, parse_enqueue, parse_space, positive, whole
+from slmnb.tuning.space import Param, grid_size, mapping, parse_enqueue, parse_space, positive, whole
 
 SEARCH_KEYS = ("search_strategy", "search_space", "objective")
 STRATEGIES = ("random", "tpe", "grid")
