@@ -38,6 +38,7 @@ _EXPORTS = {
     "search": "slmnb.tuning",
     "resume_search": "slmnb.tuning",
     "list_searches": "slmnb.tuning",
+    "load_search": "slmnb.tuning",
 }
 
 __all__ = sorted(_EXPORTS)

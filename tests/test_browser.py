@@ -415,6 +415,56 @@ def test_insert_cell_commands(page: Any) -> None:
     page.keyboard.press("Escape")
 
 
+SEARCH = {"model_name_or_path": "tiny-llama", "data_name": "tones", "max_steps": 4, "eval_steps": 2,
+          "search_space": {"learning_rate": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True}},
+          "search_strategy": {"num_trials": 2, "seed": 0}}
+
+
+def kernel_runs(page: Any, code: str) -> None:
+    """Run code in the quickstart's kernel (warm: torch is loaded) without a cell, and wait for its reply."""
+    reply = page.evaluate("""async (code) => {
+        const panel = [...window.jupyterapp.shell.widgets('main')]
+            .find(w => w.context?.path === '01-quickstart.ipynb');
+        const done = await panel.sessionContext.session.kernel.requestExecute({ code, store_history: false }).done;
+        return done.content;
+    }""", code)
+    assert reply["status"] == "ok", f"{reply.get('ename')}: {reply.get('evalue')}"
+
+
+def test_side_panel_lists_a_search_with_its_trials_nested_under_it(page: Any, lab: dict[str, Any]) -> None:
+    """A real 2-trial search in the kernel: one search row (Stop while it is live), its trial runs under it."""
+    page.evaluate("() => window.jupyterapp.commands.execute('slmnb:show-runs')")
+    # Held at once, so the panel surely sees it live: paused before its first trial, or during it.
+    kernel_runs(page, f"import slmnb\ntune = slmnb.search({SEARCH!r}, name='tune', root='runs')\ntune.pause()")
+    page.evaluate("() => window.jupyterapp.commands.execute('slmnb:show-runs')")  # polls now, not in 5 s
+    search = page.locator(".slmnb-RunsPanel-search[data-search='tune']")
+    search.locator(".slmnb-RunsPanel-stop").wait_for(timeout=15_000)
+    assert search.get_attribute("data-status") in ("running", "paused")
+    shot(page, "03-search-live")
+
+    kernel_runs(page, "tune.resume().wait()")
+    page.locator(".slmnb-RunsPanel-search[data-search='tune'][data-status='finished']").wait_for(timeout=15_000)
+    state = json.loads((lab["folder"] / "runs" / "tune" / "search.json").read_text(encoding="utf-8"))
+    assert search.locator(".slmnb-RunsPanel-stop").count() == 0
+    assert search.locator(".slmnb-RunsPanel-count").inner_text() == "2/2 trials"
+    best = search.locator(".slmnb-RunsPanel-best-value")
+    assert best.get_attribute("data-objective") == "eval_loss"
+    assert float(best.get_attribute("data-value")) == pytest.approx(state["best"]["value"], rel=1e-3)
+    trials = search.locator(".slmnb-RunsPanel-trials > .slmnb-RunsPanel-run")
+    assert trials.evaluate_all("rows => rows.map(r => r.dataset.run)") == ["tune-0", "tune-1"]
+    assert trials.locator(".slmnb-RunsPanel-trial").all_inner_texts() == [t["state"] for t in state["trials"]]
+    star = search.locator(".slmnb-RunsPanel-best")
+    assert star.count() == 1 and star.get_attribute("title") == "best trial"
+    assert search.locator(f".slmnb-RunsPanel-run[data-run='{state['best']['run']}'] .slmnb-RunsPanel-best").count()
+    # Neither the trials nor the search's own folder are listed again as runs of their own.
+    assert page.locator(".slmnb-RunsPanel > .slmnb-RunsPanel-list > [data-run^='tune']").count() == 0
+    search.scroll_into_view_if_needed()
+    shot(page, "03-search-finished")
+    trials.last.click()  # a trial is a run: its row opens it
+    page.wait_for_function("() => [...window.jupyterapp.shell.widgets('main')]"
+                           ".some(w => w.context?.path === 'runs/tune-1/config.yaml')")
+
+
 def test_compare_view_fills_base_and_finetuned_columns(page: Any, lab: dict[str, Any]) -> None:
     open_notebook(page, lab, "02-export-and-compare.ipynb")
     run_all(page)

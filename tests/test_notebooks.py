@@ -47,6 +47,15 @@ assert dashboard.metrics_figure is not None and "rougeL" in [t.name for t in das
 assert comparison.status == "done" and len(comparison.test_rows) == 16
 assert "prompt tokens" in comparison.trade_line() and "test[:16] rougeL (ONNX)" in str(comparison)
 """,
+    "04-search.ipynb": """
+from slmnb.notebook.dashboard import dashboards_for
+assert search.status == "finished", (search.status, search.reason)
+assert len(search.trials) == 2 and all(t.state == "complete" for t in search.trials), search.trials
+assert all(t.max_steps == 4 and t.run == f"tones-search-{t.number}" for t in search.trials), search.trials
+assert search.best is not None and search.best_cell().startswith("%%finetune --name tones-search-best")
+assert overfit.status == "finished" and regularized.status == "finished"
+assert regularized.config.early_stopping_patience == 2 and dashboards_for(regularized)
+""",
 }
 
 
@@ -60,6 +69,7 @@ def test_notebook_runs_headless(path: Path, folder: Path, monkeypatch: pytest.Mo
     workdir = folder
     monkeypatch.chdir(workdir)
     monkeypatch.setenv("SLMNB_MAX_STEPS", "4")
+    monkeypatch.setenv("SLMNB_MAX_TRIALS", "2")
     shutil.copy(path, workdir / path.name)
     nb = nbformat.read(workdir / path.name, as_version=4)
     nb.cells.append(nbformat.v4.new_code_cell(CHECKS.get(path.name, "")))
@@ -74,6 +84,10 @@ def test_notebook_runs_headless(path: Path, folder: Path, monkeypatch: pytest.Mo
         svg = records[0]["data"]["image/svg+xml"]
         assert "Finished at step 4/4" in svg and "<polyline" in svg
         assert_renders_without_a_kernel(nb)
+    if path.name == "04-search.ipynb":  # the search's view leaves its record too: table, curves, the best cell
+        searching = next(c for c in nb.cells if c.source.startswith("%%finetune --name tones-search"))
+        svgs = [o["data"]["image/svg+xml"] for o in searching.outputs if "image/svg+xml" in o.get("data", {})]
+        assert svgs and "every trial" in svgs[0] and "Best: trial" in svgs[0], "the search keeps no record"
 
 
 def assert_renders_without_a_kernel(nb: nbformat.NotebookNode) -> None:

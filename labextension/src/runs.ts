@@ -3,13 +3,14 @@
  *
  * Each run folder holds run.json, which the training thread rewrites at most once a second with its status,
  * step, max_steps, last loss, last eval perplexity and generation metrics: one small file per run is all a poll
- * reads. The poll is
- * quick while a run is live and slow otherwise, and the side panel and the status bar share it.
+ * reads. A search's folder holds search.json instead (see searches.ts). The poll is quick while a run or a search
+ * is live and slow otherwise, and the side panel and the status bar share it.
  */
 import { Contents } from '@jupyterlab/services';
 import { ISignal, Signal } from '@lumino/signaling';
 
 import { mainMetric, metricText } from './metric';
+import type { ISearchState } from './searches';
 import states from './states.json';
 
 /** Statuses of a run that is still going: slmnb.RunState's, which a Python test keeps equal to states.json. */
@@ -34,8 +35,9 @@ export interface IRunState {
   metrics?: { last?: Record<string, number | null>; best?: Record<string, number | null> };
 }
 
-export function isLive(run: IRunState): boolean {
-  return LIVE_STATUSES.includes(run.status);
+/** Whether a run, or a search, is still going (a search's statuses are a run's: RunState). */
+export function isLive(item: { status: string }): boolean {
+  return LIVE_STATUSES.includes(item.status);
 }
 
 export function joinPath(...parts: string[]): string {
@@ -64,6 +66,8 @@ export class RunsModel {
     if (value !== this._folder) {
       this._folder = value;
       this._runs = [];
+      this._searches = [];
+      this._searchPaths.clear();
       this._error = '';
       this._changed.emit();
       this.refresh();
@@ -77,6 +81,11 @@ export class RunsModel {
   /** Runs, newest first. */
   get runs(): IRunState[] {
     return this._runs;
+  }
+
+  /** Searches (folders with search.json and no run.json), in no particular order: the panel groups them. */
+  get searches(): ISearchState[] {
+    return this._searches;
   }
 
   /** The run that is training now, if any (one per kernel; the newest live one otherwise). */
@@ -93,9 +102,14 @@ export class RunsModel {
   liveInterval = 1000;
   idleInterval = 5000;
 
+  /** Whether something may change soon: a run is live, or a search is (between two trials no run is). */
+  get live(): boolean {
+    return this.active !== null || this._searches.some(isLive);
+  }
+
   /**
-   * Poll now, then keep polling: every second while a run is live, every 5 s otherwise. A call while a poll is out
-   * takes over the schedule, so there is only ever one polling loop.
+   * Poll now, then keep polling: every second while a run or a search is live, every 5 s otherwise. A call while a
+   * poll is out takes over the schedule, so there is only ever one polling loop.
    */
   refresh(): void {
     window.clearTimeout(this._timer);
@@ -104,7 +118,7 @@ export class RunsModel {
       .catch(() => undefined)
       .then(() => {
         if (generation === this._generation && !this._disposed) {
-          const wait = this.active ? this.liveInterval : this.idleInterval;
+          const wait = this.live ? this.liveInterval : this.idleInterval;
           this._timer = window.setTimeout(() => this.refresh(), wait);
         }
       });
@@ -118,15 +132,16 @@ export class RunsModel {
   private async _poll(): Promise<void> {
     const folder = this.runsFolder;
     let runs: IRunState[] = [];
+    let searches: ISearchState[] = [];
     let error = '';
     try {
       // Looked up in the notebook's folder first: asking for a runs/ that does not exist yet would put a 404
       // warning in the server's log at every poll.
       if ((await this._children(this._folder)).some(item => item.name === this.runsDir)) {
         const dirs = (await this._children(folder)).filter(item => item.type === 'directory');
-        runs = (await Promise.all(dirs.map(dir => this._read(dir.path, dir.name)))).filter(
-          (run): run is IRunState => run !== null
-        );
+        const read = await Promise.all(dirs.map(dir => this._read(dir.path, dir.name)));
+        runs = read.filter((item): item is RunFolder => item?.kind === 'run').map(item => item.state);
+        searches = read.filter((item): item is SearchFolder => item?.kind === 'search').map(item => item.state);
       }
     } catch (reason) {
       error = `Could not read ${folder}: ${String(reason)}`;
@@ -135,20 +150,24 @@ export class RunsModel {
       return; // the notebook changed while this poll was out
     }
     runs.sort((a, b) => (b.started_at ?? 0) - (a.started_at ?? 0));
-    const before = JSON.stringify([this._runs, this._error]);
+    // updated_at changes at every write of search.json, which is no news in itself.
+    const seen = (s: ISearchState[]) => s.map(({ updated_at, ...rest }) => rest);
+    const before = JSON.stringify([this._runs, seen(this._searches), this._error]);
     this._runs = runs;
+    this._searches = searches;
     this._error = error;
-    if (JSON.stringify([runs, error]) !== before) {
+    if (JSON.stringify([runs, seen(searches), error]) !== before) {
       this._changed.emit();
     }
   }
 
   /**
-   * Ask a run to stop at its next step. The dashboard's Stop goes through the kernel, which cannot hear it while a
-   * cell blocks (run.wait() does); the training thread looks for this file in its folder once a second instead.
+   * Ask a run to stop at its next step, or a search to stop its trial and start no other. The dashboard's Stop goes
+   * through the kernel, which cannot hear it while a cell blocks (run.wait() does); the training thread looks for
+   * this file in its folder once a second instead (a search's thread, twice a second).
    */
-  async requestStop(run: IRunState): Promise<void> {
-    await this._contents.save(joinPath(run.path, 'stop-requested'), {
+  async requestStop(item: { path: string }): Promise<void> {
+    await this._contents.save(joinPath(item.path, 'stop-requested'), {
       type: 'file',
       format: 'text',
       content: 'Stop asked from the JupyterLab runs panel.\n'
@@ -161,23 +180,46 @@ export class RunsModel {
     return listing.content as Contents.IModel[];
   }
 
-  private async _read(path: string, name: string): Promise<IRunState | null> {
-    try {
+  /**
+   * A folder's run.json, else its search.json. A folder seen as a search is asked for search.json first, so a
+   * search's poll does not put a 404 for its missing run.json in the server's log every second.
+   */
+  private async _read(path: string, name: string): Promise<RunFolder | SearchFolder | null> {
+    const asRun = async (): Promise<RunFolder> => {
       const state = parsePythonJson(await readText(this._contents, joinPath(path, 'run.json')));
-      return { ...state, name: state.name ?? name, path };
+      return { kind: 'run', state: { ...state, name: state.name ?? name, path } };
+    };
+    const asSearch = async (): Promise<SearchFolder> => {
+      const state = parsePythonJson(await readText(this._contents, joinPath(path, 'search.json')));
+      this._searchPaths.add(path);
+      return { kind: 'search', state: { ...state, name: state.name ?? name, path, trials: state.trials ?? [] } };
+    };
+    const [first, second] = this._searchPaths.has(path) ? [asSearch, asRun] : [asRun, asSearch];
+    try {
+      return await first();
     } catch {
-      return null; // not a run folder, or run.json between two writes
+      this._searchPaths.delete(path);
+    }
+    try {
+      return await second();
+    } catch {
+      return null; // neither a run nor a search folder, or its file between two writes
     }
   }
 
   private _folder = '';
   private _runs: IRunState[] = [];
+  private _searches: ISearchState[] = [];
+  private _searchPaths = new Set<string>();
   private _error = '';
   private _timer = 0;
   private _generation = 0;
   private _disposed = false;
   private _changed = new Signal<this, void>(this);
 }
+
+type RunFolder = { kind: 'run'; state: IRunState };
+type SearchFolder = { kind: 'search'; state: ISearchState };
 
 export async function readText(contents: Contents.IManager, path: string): Promise<string> {
   const file = await contents.get(path, { content: true, type: 'file', format: 'text' });

@@ -205,41 +205,43 @@ def render_svg(curves: Curves, title: str, lines: list[str], max_points: int = 4
                    (curves.eval_steps, curves.eval_loss, EVAL_COLOUR, "eval")]
     ppl_series = [(curves.steps, curves.train_perplexity, SMOOTH_COLOUR, "train (smoothed)"),
                   (curves.eval_steps, curves.eval_perplexity, EVAL_COLOUR, "eval")]
-    out += _panel(PAD, top, panel_w, "loss", loss_series, log=False, max_points=max_points)
-    out += _panel(2 * PAD + panel_w, top, panel_w, "perplexity (log scale)", ppl_series, log=True,
+    out += svg_panel(PAD, top, panel_w, "loss", loss_series, log=False, max_points=max_points)
+    out += svg_panel(2 * PAD + panel_w, top, panel_w, "perplexity (log scale)", ppl_series, log=True,
                   max_points=max_points)
     if curves.metrics:
         metric_series = [(series.steps, series.values, metric_colour(i), key)
                          for i, (key, series) in enumerate(curves.metrics.items())]
-        out += _panel(PAD, top + PANEL_H + PAD, WIDTH - 2 * PAD, curves.metrics_title(), metric_series, log=False,
+        out += svg_panel(PAD, top + PANEL_H + PAD, WIDTH - 2 * PAD, curves.metrics_title(), metric_series, log=False,
                       max_points=max_points, percent=curves.metrics_are_fractions())
     out.append("</svg>")
     return "\n".join(out)
 
 
-def _panel(x0: int, y0: int, w: int, label: str, series: list, log: bool, max_points: int,
-           percent: bool = False) -> list[str]:
-    """One chart. A log panel leaves out values <= 0; a percent panel spans 0 to 100% whatever its values."""
+def svg_panel(x0: int, y0: int, w: int, label: str, series: list, log: bool, max_points: int,
+              percent: bool = False, x_name: str = "step", x_log: bool = False, lines: bool = True) -> list[str]:
+    """One chart of series (xs, ys, colour, name[, stroke width]). A log panel leaves out values <= 0 (x_log: x
+    values <= 0); a percent panel spans 0 to 100% whatever its values; without lines, the points are dots."""
     h = PANEL_H
     out = [f'<rect x="{x0}" y="{y0}" width="{w}" height="{h}" fill="none" stroke="#999"/>',
            f'<text x="{x0}" y="{y0 - 6}" font-weight="bold">{escape(label)}</text>']
 
-    def shown(y: float) -> bool:
-        return math.isfinite(y) and (y > 0 or not log)
+    def shown(x: float, y: float) -> bool:
+        return math.isfinite(y) and (y > 0 or not log) and (x > 0 or not x_log)
 
-    points = [(x, y) for xs, ys, *_ in series for x, y in zip(xs, ys, strict=True) if shown(y)]
+    points = [(x, y) for xs, ys, *_ in series for x, y in zip(xs, ys, strict=True) if shown(x, y)]
     if not points:
         out.append(f'<text x="{x0 + 10}" y="{y0 + h // 2}" fill="#666">no data yet</text>')
         return out
     scale = math.log10 if log else (lambda v: v)
-    x_lo, x_hi = min(p[0] for p in points), max(p[0] for p in points)
+    x_scale = math.log10 if x_log else (lambda v: v)
+    x_lo, x_hi = min(x_scale(p[0]) for p in points), max(x_scale(p[0]) for p in points)
     y_lo, y_hi = min(scale(p[1]) for p in points), max(scale(p[1]) for p in points)
     if percent:
         y_lo, y_hi = 0.0, 1.0
-    x_span, y_span = max(x_hi - x_lo, 1), max(y_hi - y_lo, 1e-9)
+    x_span, y_span = max(x_hi - x_lo, 1 if x_name == "step" else 1e-9), max(y_hi - y_lo, 1e-9)
 
     def at(x: float, y: float) -> str:
-        return f"{x0 + (x - x_lo) / x_span * w:.1f},{y0 + h - (scale(y) - y_lo) / y_span * h:.1f}"
+        return f"{x0 + (x_scale(x) - x_lo) / x_span * w:.1f},{y0 + h - (scale(y) - y_lo) / y_span * h:.1f}"
 
     if log:
         labels = [(math.log10(t), tick_text(t)) for t in log_ticks(10**y_lo, 10**y_hi)]
@@ -252,19 +254,24 @@ def _panel(x0: int, y0: int, w: int, label: str, series: list, log: bool, max_po
         out.append(f'<text x="{x0 - 4}" y="{y + 4:.1f}" text-anchor="end" font-size="10">{text}</text>')
         if log or percent:
             out.append(f'<line x1="{x0}" x2="{x0 + w}" y1="{y:.1f}" y2="{y:.1f}" stroke="#eee"/>')
-    out.append(f'<text x="{x0}" y="{y0 + h + 14}" font-size="10">step {x_lo}</text>')
-    out.append(f'<text x="{x0 + w}" y="{y0 + h + 14}" font-size="10" text-anchor="end">step {x_hi}</text>')
-    for i, (xs, ys, colour, name) in enumerate(series):
-        kept = [(x, y) for x, y in zip(xs, ys, strict=True) if shown(y)]
+    ends = [10**v if x_log else v for v in (x_lo, x_hi)]
+    out.append(f'<text x="{x0}" y="{y0 + h + 14}" font-size="10">{escape(x_name)} {ends[0]:.4g}</text>')
+    out.append(f'<text x="{x0 + w}" y="{y0 + h + 14}" font-size="10" text-anchor="end">{escape(x_name)} '
+               f'{ends[1]:.4g}</text>')
+    for i, (xs, ys, colour, name, *width) in enumerate(series):
+        kept = [(x, y) for x, y in zip(xs, ys, strict=True) if shown(x, y)]
         if not kept:
             continue
-        dx, dy = decimate([p[0] for p in kept], [p[1] for p in kept], max_points)
-        out.append(f'<polyline fill="none" stroke="{colour}" stroke-width="1.5" '
-                   f'points="{" ".join(at(x, y) for x, y in zip(dx, dy, strict=True))}"/>')
-        if len(dx) <= MARKERS_UP_TO:  # a line of one point draws nothing: its markers show it
+        dx, dy = decimate([p[0] for p in kept], [p[1] for p in kept], max_points) if lines else \
+            ([p[0] for p in kept], [p[1] for p in kept])
+        if lines:
+            out.append(f'<polyline fill="none" stroke="{colour}" stroke-width="{width[0] if width else 1.5}" '
+                       f'points="{" ".join(at(x, y) for x, y in zip(dx, dy, strict=True))}"/>')
+        if len(dx) <= MARKERS_UP_TO or not lines:  # a line of one point draws nothing: its markers show it
             for x, y in zip(dx, dy, strict=True):
                 cx, cy = at(x, y).split(",")
                 out.append(f'<circle cx="{cx}" cy="{cy}" r="2.5" fill="{colour}"/>')
-        out.append(f'<text x="{x0 + w - 6}" y="{y0 + 14 + 14 * i}" text-anchor="end" fill="{colour}">'
-                   f'{escape(name)}</text>')
+        if name:  # an unnamed series has no label (many trials' curves would crowd the panel)
+            out.append(f'<text x="{x0 + w - 6}" y="{y0 + 14 + 14 * i}" text-anchor="end" fill="{colour}">'
+                       f'{escape(name)}</text>')
     return out

@@ -29,21 +29,60 @@ def _live_run(runs: Runs, args: list[str], command: str) -> Any:
     return run
 
 
+def _search_named(runs: Runs, args: list[str]) -> str | None:
+    """The search a subcommand's one argument names in the runs folder (a run of the same name comes first)."""
+    from slmnb.training.runfiles import RunFolder
+    from slmnb.tuning import list_searches
+
+    if not args or args[0].startswith("-") or RunFolder(runs.root / args[0]).is_run():
+        return None
+    return args[0] if args[0] in list_searches(runs.root) else None
+
+
+def _live_search(runs: Runs, args: list[str]) -> Any:
+    """The search training here that stop / pause act on: the one named, or the one whose trial trains now."""
+    from slmnb.tuning.api import live_searches
+
+    name = _search_named(runs, args)
+    active = runs.active()
+    for found in live_searches():
+        if found.root.resolve() != runs.root.resolve():
+            continue
+        # Unnamed: the search, unless a run of the user's own trains now while the search waits for its turn.
+        if name == found.name or (not args and (active is None or found.run is active)):
+            return found
+    if name is not None:
+        raise RunError(f"Search {name!r} is not running in this kernel: %finetune resume {name} continues it.")
+    return None
+
+
 def runs_table(runs: Runs, args: list[str]) -> Any:
     from slmnb.notebook.views import RunsTable
+    from slmnb.tuning.api import search_states
 
     if args:
         raise RunError("%finetune runs takes no arguments: it lists the runs folder (%config FinetuneMagics.runs_dir).")
-    return RunsTable.of(runs.list())
+    return RunsTable.of(runs.list(), searches=search_states(runs.root))
 
 
 def stop(runs: Runs, args: list[str]) -> None:
+    found = _live_search(runs, args)
+    if found is not None:
+        found.stop()
+        print(f"Stopping search {found.name}: the trial training now is queued again; %finetune resume {found.name} "
+              "continues the search.")
+        return
     run = _live_run(runs, args, "stop")
     run.stop()
     print(f"Stopping {run.name} at the next step; its adapter will be saved in {run.output_path}.")
 
 
 def pause(runs: Runs, args: list[str]) -> None:
+    found = _live_search(runs, args)
+    if found is not None:
+        found.pause()
+        print(f"Pausing search {found.name}: its view's Resume (or {found.name}.resume() in code) continues it.")
+        return
     run = _live_run(runs, args, "pause")
     run.pause()
     print(f"Pausing {run.name} after this step: %finetune resume {run.name} continues it.")
@@ -57,6 +96,8 @@ def resume(runs: Runs, args: list[str]) -> None:
     from slmnb.notebook import launch
     from slmnb.options import OptionParser, add_config_options, refuse_unknown
 
+    if _search_named(runs, args) is not None:
+        return _resume_search(runs, args)
     parser = OptionParser(prog="%finetune resume", add_help=False, argument_default=argparse.SUPPRESS)
     parser.add_argument("name", nargs="?")
     parser.add_argument("--wait", action="store_true")
@@ -71,9 +112,33 @@ def resume(runs: Runs, args: list[str]) -> None:
     launch.resume(runs, name, wait=wait, **overrides)
 
 
+def _resume_search(runs: Runs, args: list[str]) -> None:
+    """`%finetune resume SEARCH [--num_trials N] [--max_time S] [--wait]`: its study goes on."""
+    from slmnb.notebook import launch
+    from slmnb.options import OptionParser
+
+    parser = OptionParser(prog="%finetune resume", add_help=False)
+    parser.add_argument("name")
+    parser.add_argument("--num_trials", "--num-trials", type=int, default=None)
+    parser.add_argument("--max_time", "--max-time", type=float, default=None)
+    parser.add_argument("--wait", action="store_true")
+    parsed, unknown = parser.parse_known_args(args)
+    if unknown:
+        raise RunError(f"%finetune resume of a search takes --num_trials N, --max_time SECONDS and --wait, not "
+                       f"{unknown[0]}.")
+    launch.resume_search(runs, parsed.name, wait=parsed.wait, num_trials=parsed.num_trials,
+                         max_time=parsed.max_time)
+
+
 def show(runs: Runs, args: list[str]) -> None:
     from slmnb.notebook.dashboard import Dashboard
 
+    if (name := _search_named(runs, args)) is not None and len(args) == 1:
+        from slmnb.notebook.search_view import SearchView
+        from slmnb.tuning.api import open_search
+
+        SearchView(open_search(name, root=runs.root)).show()
+        return
     Dashboard(runs.open(_one_name(args, "show", required=True) or "")).show()
 
 

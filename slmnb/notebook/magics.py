@@ -61,6 +61,9 @@ class FinetuneMagics(Magics):
             return None
         from slmnb.notebook import launch
 
+        values = launch.cell_values(cell or "", args.overrides, self.default_model, args.search)
+        if args.search or launch.is_search(values):
+            return self._search(values, args)
         config = launch.cell_config(cell or "", args.overrides, self.default_model)
         if args.form:
             from slmnb.notebook.form import form_for_cell
@@ -77,6 +80,29 @@ class FinetuneMagics(Magics):
             self.shell.user_ns[args.var] = run
         # No value: the dashboard is the cell's live output, and a repr under it would be a stale snapshot. The run
         # is in `-o NAME`, slmnb.active_run() and slmnb.load_run(name).
+        return None
+
+    def _search(self, values: dict[str, Any], args: Any) -> Any:
+        """A body with search keys (or --search FILE): trials one after another, with the search's view."""
+        from slmnb.errors import ConfigError
+        from slmnb.notebook import launch
+
+        if args.form:
+            raise ConfigError("The form builds one run's config, not a search: drop --form, or drop the search keys "
+                              "(search_strategy, search_space, objective) to open the form.")
+        if args.dry_run:
+            from slmnb.data import preview
+            from slmnb.notebook.views import DryRun
+            from slmnb.tuning.spec import parse_search
+
+            fixed, spec = parse_search({**values, **args.overrides})
+            if spec is None:
+                raise ConfigError(f"{args.search} holds no search_space: add one, such as 'search_space: "
+                                  "{learning_rate: {type: float, low: 1e-5, high: 1e-2, log: true}}'.")
+            return DryRun(preview(launch.load_config({k: v for k, v in fixed.items() if k != "name"})), search=spec)
+        found = launch.start_search(self.runs, values, args.overrides, wait=args.wait)
+        if args.var and self.shell is not None:
+            self.shell.user_ns[args.var] = found
         return None
 
 

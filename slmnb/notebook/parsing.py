@@ -26,6 +26,7 @@ class CellArgs:
     var: str | None = None
     form: bool = False
     help: bool = False
+    search: str | None = None  # a YAML/JSON file with search_strategy / search_space / objective
 
 
 def build_parser() -> OptionParser:
@@ -37,6 +38,9 @@ def build_parser() -> OptionParser:
     parser.add_argument("--wait", action="store_true", help="Block until the run ends (for headless execution).")
     parser.add_argument("-o", dest="var", metavar="VAR", help="Also store the TrainingRun in this variable.")
     parser.add_argument("--form", action="store_true", help="Open the config form, filled with this config.")
+    parser.add_argument("--search", metavar="FILE",
+                        help="Search hyperparameters with the search_strategy / search_space / objective of this YAML "
+                             "or JSON file (the body may hold them too); the body's fields are fixed for every trial.")
     parser.add_argument("-h", "--help", action="store_true", help="Show this help.")
     add_config_options(parser, {"model_name_or_path": "-m"})
     return parser
@@ -55,7 +59,8 @@ def parse_cell_line(line: str | list[str]) -> CellArgs:
     parsed, unknown = build_parser().parse_known_args(tokens)
     refuse_unknown(unknown)
     values = vars(parsed)
-    own = {name: values.pop(name) for name in ("dry_run", "wait", "var", "form", "help") if name in values}
+    own = {name: values.pop(name) for name in ("dry_run", "wait", "var", "form", "help", "search")
+           if name in values}
     var = own.get("var")
     if var is not None and (not str(var).isidentifier() or keyword.iskeyword(str(var))):
         raise ConfigError(f"-o takes a Python variable name such as run, got {short_repr(var)}.")
@@ -67,7 +72,9 @@ def help_text() -> str:
                    "  %finetune runs              the runs in the runs folder\n"
                    "  %finetune stop|pause [NAME] the active run, or the named one\n"
                    "  %finetune resume NAME [--max_steps N ...]  continue a paused or ended run, with its dashboard\n"
-                   "  %finetune show NAME         the dashboard of a running or finished run\n"
+                   "  %finetune resume SEARCH [--num_trials N] [--max_time S]  continue a search (after a restart,\n"
+                   "                              a stop, or with more trials), with its view\n"
+                   "  %finetune show NAME         the dashboard of a running or finished run, or a search's view\n"
                    "  %finetune eval NAME [--split S] [--metrics m1,m2] [--base] [--max_new_tokens N] [--wrong N]\n"
                    "                              a split answered and scored: metrics (beside the base model's\n"
                    "                              with --base), confusion matrix, the rows it gets wrong\n"

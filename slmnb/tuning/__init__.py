@@ -18,6 +18,7 @@ The config holds the fixed fields of every trial plus three search keys, as the 
 The API, for front ends (the magic, the dashboard, the CLI):
 
 - `search(config, name=None, storage=None, root="runs", **overrides) -> Search`, `resume_search(name, root=...)`,
+  `load_search(name, root=...)` (a search on disk, running or not),
   `list_searches(root)`, `trial_runs(root)` ({search: [its trial runs]}, for grouping a runs table without
   Optuna), `parse_search(values) -> (fixed, SearchSpec | None)`.
 - `Search`: `name`, `dir` (<root>/<name>/, holding study.db and search.yaml), `status` (a RunState: running,
@@ -59,6 +60,13 @@ def resume_search(name: str, *, root: str | Path = "runs", storage: str | None =
     from slmnb.tuning import api
 
     return api.resume_search(name, root=root, storage=storage, num_trials=num_trials, max_time=max_time)
+
+
+def load_search(name: str, *, root: str | Path = "runs") -> Search:
+    """A search from its folder (its study, trials and best_config()), running or not; see api.open_search."""
+    from slmnb.tuning import api
+
+    return api.open_search(name, root=root)
 
 
 def list_searches(root: str | Path = "runs") -> list[str]:

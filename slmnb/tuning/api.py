@@ -10,6 +10,7 @@ from typing import Any
 from slmnb.config import FinetuneConfig, _is_path, check_name, parse_yaml, read_config_file
 from slmnb.errors import ConfigError, RunError
 from slmnb.training.runfiles import RunFolder
+from slmnb.training.states import RunState
 from slmnb.tuning.spec import SearchSpec, parse_search
 from slmnb.tuning.study import Search, default_storage
 
@@ -59,21 +60,39 @@ def resume_search(name: str, *, root: str | Path = "runs", storage: str | None =
 
     num_trials (all trials, those done included) and max_time (for this session) may change: a finished search
     trains more trials when given a larger num_trials."""
+    found = _read(name, root, storage, num_trials=num_trials, max_time=max_time)
+    return _start(found)
+
+
+def open_search(name: str, *, root: str | Path = "runs", storage: str | None = None) -> Search:
+    """A search as it is on disk, its study joined and nothing started (what `%finetune show` draws); the one this
+    process runs, when it runs it."""
+    found = _read(name, root, storage)
+    with _live_lock:
+        running = _live.get(found.dir.resolve())
+    if running is not None:
+        return running
+    found.open_study()
+    said = search_states(root).get(name, {}).get("status")
+    found.status = RunState.read(said) or RunState.INTERRUPTED
+    return found
+
+
+def _read(name: str, root: str | Path, storage: str | None, **budget: float | None) -> Search:
+    """The search recorded in <root>/<name>/search.yaml, with num_trials / max_time changed where given."""
     folder = Path(root) / name
     record_path = folder / RECORD
     if not record_path.is_file():
         raise RunError(f"No search called {name!r} in {Path(root).resolve()}: start one with slmnb.search().")
     record = read_config_file(record_path)
     keys = {k: v for k, v in record.items() if k in ("search_strategy", "search_space", "objective")}
+    changes = {k: v for k, v in budget.items() if v is not None}
+    if changes:  # checked as the search file's own values are
+        keys["search_strategy"] = {**(keys.get("search_strategy") or {}), **changes}
     fixed, spec = parse_search({**(record.get("config") or {}), **keys})
     if spec is None:
         raise RunError(f"{record_path} holds no search: delete the folder {folder} and start the search again.")
-    budget = {k: v for k, v in (("num_trials", num_trials), ("max_time", max_time)) if v is not None}
-    if budget:  # checked as the search file's own values are
-        keys["search_strategy"] = {**(keys.get("search_strategy") or {}), **budget}
-        fixed, spec = parse_search({**(record.get("config") or {}), **keys})
-        assert spec is not None
-    return _start(Search(name, root, fixed, spec, storage or record.get("storage")))
+    return Search(name, root, fixed, spec, storage or record.get("storage"))
 
 
 def _start(found: Search) -> Search:
@@ -152,6 +171,49 @@ def list_searches(root: str | Path = "runs") -> list[str]:
     return [p.name for p in folders if (p / RECORD).is_file() and not RunFolder(p).is_run()]
 
 
+def search_states(root: str | Path = "runs") -> dict[str, dict[str, Any]]:
+    """Each search's search.json (its status, trials and best, as the runs panel reads them), by search name; a
+    search whose file cannot be read has only its name and status "unknown". A live status whose process is gone
+    reads as interrupted, as a run's does."""
+    import json
+
+    from slmnb.tuning.study import STATE_FILE
+
+    states: dict[str, dict[str, Any]] = {}
+    for name in list_searches(root):
+        folder = Path(root) / name
+        try:
+            state = json.loads((folder / STATE_FILE).read_text(encoding="utf-8"))
+            if not isinstance(state, dict):
+                raise ValueError
+        except (OSError, ValueError):
+            state = {"name": name, "status": "unknown", "trials": []}
+        said = RunState.read(state.get("status"))
+        with _live_lock:
+            running = _live.get(folder.resolve())
+        if said is not None and said.live and (running is None or not running.alive) and not _trains_elsewhere(
+                folder.parent, state):
+            state["status"] = str(RunState.INTERRUPTED)
+        states[name] = state
+    return states
+
+
+def _trains_elsewhere(root: Path, state: dict[str, Any]) -> bool:
+    """Whether another process trains one of the search's trials now (a CLI worker, another kernel)."""
+    trials = state.get("trials")
+    if not isinstance(trials, list):
+        return False
+    running = [t["run"] for t in trials if isinstance(t, dict) and t.get("state") == "running"
+               and isinstance(t.get("run"), str) and t["run"]]
+    return any(RunFolder(root / run).locked_elsewhere() for run in running)
+
+
+def live_searches() -> list[Search]:
+    """The searches training in this process (one at a time in practice: one training per process)."""
+    with _live_lock:
+        return [found for found in _live.values() if found.alive]
+
+
 def trial_runs(root: str | Path = "runs") -> dict[str, list[str]]:
     """Each search's trial runs in a runs folder, by search name, in trial order: what a runs table groups.
 
@@ -170,4 +232,5 @@ def trial_runs(root: str | Path = "runs") -> dict[str, list[str]]:
     return grouped
 
 
-__all__ = ["SearchSpec", "list_searches", "resume_search", "search", "trial_runs"]
+__all__ = ["SearchSpec", "list_searches", "live_searches", "open_search", "resume_search", "search", "search_states",
+           "trial_runs"]

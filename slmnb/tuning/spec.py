@@ -41,6 +41,19 @@ class SearchSpec:
 
         return "maximize" if greater_is_better(self.objective) else "minimize"
 
+    def describe(self) -> str:
+        """One sentence: what is searched, how, and for what."""
+        def range_text(name: str, p: Param) -> str:
+            if p.type == "choice":
+                return f"{name} in {list(p.values)}"
+            step = f" step {p.step:g}" if p.step else ""
+            return f"{name} {p.low:g} to {p.high:g}{' (log)' if p.log else ''}{step}"
+
+        goal = "lower" if self.direction == "minimize" else "higher"
+        return (f"A {self.strategy} search of {self.num_trials} trials over "
+                f"{', '.join(range_text(k, p) for k, p in self.space.items())}, pruner {self.pruner}, objective "
+                f"{self.objective} ({goal} is better): each trial trains this config with its own values.")
+
     def to_dict(self) -> dict[str, Any]:
         """The search keys as a config file writes them: parse_search(to_dict()) gives this spec back."""
         strategy: dict[str, Any] = {"type": self.strategy, "num_trials": self.num_trials, "pruner": self.pruner}

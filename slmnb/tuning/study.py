@@ -35,6 +35,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 SearchListener = Callable[[sev.SearchEvent], None]
+STATE_FILE = "search.json"  # what the JupyterLab runs panel reads (no Optuna there): status, trials, best
+STOP_REQUEST = "stop-requested"  # the runs panel asks a search to stop by writing this file in its folder
+POLL = 0.5  # seconds between looks for a stop request
 # This many failures in a row with the same sentence end the search: the config is wrong, not the parameters.
 SAME_FAILURE_LIMIT = 3
 
@@ -61,9 +64,10 @@ class Search:
         self._study: optuna.Study | None = None
         self._error: BaseException | None = None
         self._last_ended: sev.TrialEnded | None = None
+        self.joined = 0  # trials the study held when this Search opened it (a resume, a re-run cell, a worker)
 
     def __repr__(self) -> str:
-        done = sum(1 for t in self.trials if t.state in ("complete", "pruned", "failed"))
+        done = sum(1 for t in self.trials if t.state in ("complete", "pruned", "failed") and t.counted)
         return (f"<Search {self.name!r}: {self.status}, {done}/{self.spec.num_trials} trials as of "
                 f"{time.strftime('%H:%M:%S')}, in {self.dir}>")
 
@@ -85,6 +89,7 @@ class Search:
         with open(self.dir / ".study.lock", "a") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             self._study = parts.create_or_join(self.name, self.fixed, self.spec, self.storage_url)
+        self.joined = sum(1 for t in self._study.get_trials(deepcopy=False) if not t.user_attrs.get("surplus"))
         return self
 
     # --- what it is -------------------------------------------------------------------------------------------
@@ -94,7 +99,10 @@ class Search:
         """Every trial of the study (surplus claims left out), by number: what a table or dashboard polls."""
         if self._study is None:
             return []
-        rows = [row_of(t) for t in self._study.get_trials(deepcopy=False) if not t.user_attrs.get("surplus")]
+        trials = self._study.get_trials(deepcopy=False)
+        retried = {t.user_attrs.get("retry_of") for t in trials}
+        rows = [replace(row_of(t), counted=not (t.state.name == "FAIL" and t.number in retried))
+                for t in trials if not t.user_attrs.get("surplus")]
         run = self.run
         if run is not None:  # the trial training here: its steps and time so far (the study has them at its end)
             rows = [replace(r, steps=run.step, seconds=run.elapsed(), max_steps=run.max_steps)
@@ -126,6 +134,11 @@ class Search:
         return self._thread is not None and self._thread.is_alive()
 
     @property
+    def started_here(self) -> bool:
+        """Whether this process started (or resumed) the search, rather than only opened it to look."""
+        return self._thread is not None
+
+    @property
     def stop_requested(self) -> bool:
         return self._stop.is_set()
 
@@ -155,6 +168,7 @@ class Search:
         with self._lock:
             if not isinstance(event, sev.TrialEvent):  # a run keeps its own events; the search keeps its own
                 self.history.append(event)
+                self.publish()
             for listener in list(self._listeners):
                 try:
                     listener(event)
@@ -174,6 +188,7 @@ class Search:
                 self.status = RunState.STOPPING
                 if self.run is not None:
                     self.run.stop()
+                self.publish()  # the runs panel shows the new status at once, not at the trial's end
 
     def pause(self) -> None:
         """Hold the trial training now between steps, and start no new one until resume()."""
@@ -183,6 +198,7 @@ class Search:
                 self.status = RunState.PAUSED
                 if self.run is not None:
                     self.run.pause()
+                self.publish()
 
     def resume(self) -> Search:
         """Go on after pause(). (An ended search continues with slmnb.resume_search(name).)"""
@@ -192,6 +208,7 @@ class Search:
                 self.status = RunState.RUNNING
                 if self.run is not None:
                     self.run.resume()
+                self.publish()
         return self
 
     def wait(self, timeout: float | None = None) -> Search:
@@ -211,6 +228,43 @@ class Search:
             raise RunError(self.reason) from self._error
         return self
 
+    def state(self) -> dict[str, Any]:
+        """What search.json holds: the search as the runs panel lists it, trials in number order."""
+        best = self.best
+        rows = self.trials
+        return {
+            "name": self.name, "status": str(self.status), "reason": self.reason, "objective": self.spec.objective,
+            "direction": self.spec.direction, "num_trials": self.spec.num_trials,
+            "trials": [{"number": t.number, "run": t.run, "state": t.state, "value": _finite(t.value),
+                        "steps": t.steps, "max_steps": t.max_steps, "params": t.params, "counted": t.counted}
+                       for t in rows],
+            "best": None if best is None else {"number": best.number, "run": best.run, "value": best.value,
+                                               "params": best.params},
+            "steps_saved": _steps_saved(rows), "updated_at": time.time(),
+        }
+
+    def publish(self) -> None:
+        """Rewrite search.json (atomically: a reader never sees half of it); a failure to write only warns."""
+        import json
+
+        from slmnb.paths import write_text_atomic
+
+        if self._study is None:
+            return
+        try:
+            write_text_atomic(self.dir / STATE_FILE, json.dumps(self.state(), default=str))
+        except OSError as exc:
+            log.warning("slmnb: could not write %s (%s); the search goes on.", self.dir / STATE_FILE, exc)
+
+    def _watch_stop_request(self) -> None:
+        """The runs panel's Stop: a file in the search folder, honoured while the search's thread lives."""
+        request = self.dir / STOP_REQUEST
+        while self.alive:
+            if request.exists():
+                request.unlink(missing_ok=True)
+                self.stop()
+            time.sleep(POLL)
+
     # --- the thread -------------------------------------------------------------------------------------------
 
     def start(self) -> Search:
@@ -222,8 +276,11 @@ class Search:
         self._stop.clear()
         self._unpaused.set()
         self.status, self._error, self.reason = RunState.RUNNING, None, ""
+        (self.dir / STOP_REQUEST).unlink(missing_ok=True)  # an old request is not meant for this session
         self._thread = threading.Thread(target=self._work, daemon=True, name=f"slmnb-search-{self.name}")
         self._thread.start()
+        threading.Thread(target=self._watch_stop_request, daemon=True, name=f"slmnb-search-{self.name}-stop").start()
+        self.publish()
         return self
 
     def _work(self) -> None:
@@ -285,9 +342,18 @@ class Search:
     def _summary(self) -> sev.SearchEnded:
         rows = self.trials
         best = self.best
-        saved = sum(max((t.max_steps or t.steps) - t.steps, 0) for t in rows if t.state == "pruned")
         return sev.SearchEnded(best_number=best.number if best else None, best_value=best.value if best else None,
-                               reason=self.reason, steps_trained=sum(t.steps for t in rows), steps_saved=saved)
+                               reason=self.reason, steps_trained=sum(t.steps for t in rows),
+                               steps_saved=_steps_saved(rows))
+
+
+def _steps_saved(rows: list[TrialRow]) -> int:
+    """Steps the pruned trials did not train, against each running to its max_steps."""
+    return sum(max((t.max_steps or t.steps) - t.steps, 0) for t in rows if t.state == "pruned")
+
+
+def _finite(value: float | None) -> float | None:
+    return value if value is not None and math.isfinite(value) else None  # JSON has no NaN
 
 
 def default_storage(folder: Path) -> str:

@@ -43,6 +43,7 @@ class TrialRow:
     run: str
     reason: str = ""
     max_steps: int | None = None
+    counted: bool = True  # False for a cut trial whose parameters were queued again: num_trials counts the retry
 
 
 def row_of(trial: Any) -> TrialRow:
