@@ -251,7 +251,7 @@ MAX_EVAL_SIZE = 0.5
 def field_warnings(config: FinetuneConfig) -> dict[str, str]:
     """The config's likely mistakes, by the field to change: one sentence each, naming the fix."""
     found: dict[str, str] = {}
-    rate = config.learning_rate
+    rate = config.peak_learning_rate
     low, high, usual = LEARNING_RATE_RANGES[config.method]
     full = config.method == "full"
     what, harm = ("full fine-tuning", "erase what the model knew") if full else ("LoRA", "diverge")

@@ -38,6 +38,11 @@ MAX_INT = 2**31 - 1
 # job to cost about 10% of its training time (BENCHMARKS.md, generation-eval).
 DEFAULT_EVAL_GENERATE_SAMPLES = 16
 MAX_EVAL_NEW_TOKENS = 256
+# The learning rate of a config that gives none, by method. LoRA trains small matrices from zero: 3e-3 is what a
+# search over the embedded model picks on the bundled task (Olive's 2e-4 leaves it at 0% after an epoch;
+# BENCHMARKS.md, "Search and the defaults"). Full fine-tuning moves every pretrained weight: 2e-5, the usual rate
+# for it.
+DEFAULT_LEARNING_RATES = {"lora": 3e-3, "qlora": 3e-3, "full": 2e-5}
 
 
 def _opt(default: Any, help: str, kind: str, *, choices: tuple[str, ...] | None = None,
@@ -65,7 +70,7 @@ class FinetuneConfig:
                            high=65536)
     lora_dropout: float = _opt(0.05, "Dropout on the LoRA input.", "float", low=0.0, high=1.0, high_open=True)
     target_modules: list[str] | None = _opt(
-        None, "Modules that get LoRA weights: a list, 'all-linear', or empty for q_proj + v_proj (else all-linear).",
+        None, "Modules that get LoRA weights: a list such as [q_proj, v_proj], or all-linear (what empty means).",
         "strs")
     base_weights: str = _opt(
         "auto", "The base weights LoRA trains on: int4 (as the default int4 ONNX export stores them, so the export "
@@ -92,9 +97,10 @@ class FinetuneConfig:
     use_chat_template: bool = _opt(
         False, "Render prompt and response as user and assistant messages with the tokenizer's chat template.", "bool")
     # training
-    learning_rate: float = _opt(2e-4, "Peak learning rate.", "float", low=0.0)
+    learning_rate: float | None = _opt(
+        None, "Peak learning rate; empty means 3e-3 for lora and qlora, 2e-5 for full fine-tuning.", "float", low=0.0)
     max_steps: int | None = _opt(None, "Optimizer steps to train; overrides num_train_epochs.", "int", low=1)
-    num_train_epochs: float = _opt(1.0, "Epochs to train when max_steps is empty.", "float", low=0.0, low_open=True,
+    num_train_epochs: float = _opt(2.0, "Epochs to train when max_steps is empty.", "float", low=0.0, low_open=True,
                                    high=1e6)
     per_device_train_batch_size: int = _opt(8, "Examples per step on each device.", "int", low=1)
     gradient_accumulation_steps: int = _opt(1, "Batches accumulated per optimizer step.", "int", low=1)
@@ -150,6 +156,11 @@ class FinetuneConfig:
         for f in fields(self):
             setattr(self, f.name, coerce_field(f, getattr(self, f.name)))
         self._check_combinations()
+
+    @property
+    def peak_learning_rate(self) -> float:
+        """learning_rate, or the method's default when it is empty (a run's config.yaml names the one it used)."""
+        return self.learning_rate if self.learning_rate is not None else DEFAULT_LEARNING_RATES[self.method]
 
     def _check_combinations(self) -> None:
         sources = [n for n in ("data_name", "data_files", "rows") if getattr(self, n)]

@@ -255,7 +255,7 @@ def test_one_line_yaml_is_still_yaml() -> None:
     assert load_config("").max_steps is None
 
 
-@pytest.mark.parametrize("name", ["model_name_or_path", "train_split", "method", "lora_r", "learning_rate"])
+@pytest.mark.parametrize("name", ["model_name_or_path", "train_split", "method", "lora_r"])
 @pytest.mark.parametrize("value", ["", "  "])
 def test_empty_text_for_a_field_with_a_default_needs_a_value(name: str, value: str) -> None:
     assert refused({name: value}).startswith(f"{name} needs a value; its default is ")
@@ -263,6 +263,15 @@ def test_empty_text_for_a_field_with_a_default_needs_a_value(name: str, value: s
 
 def test_empty_text_clears_a_field_whose_default_is_empty() -> None:
     assert FinetuneConfig(max_steps="", eval_split="", name="").max_steps is None
+
+
+def test_an_empty_learning_rate_is_the_methods_default() -> None:
+    assert FinetuneConfig(learning_rate="").learning_rate is None
+    assert FinetuneConfig().peak_learning_rate == 3e-3  # LoRA: what a search picks at the default steps
+    assert FinetuneConfig(method="qlora").peak_learning_rate == 3e-3
+    assert FinetuneConfig(method="full").peak_learning_rate == 2e-5  # not a LoRA rate: that would wreck the model
+    assert FinetuneConfig(method="full", learning_rate=1e-5).peak_learning_rate == 1e-5
+    assert config_warnings(FinetuneConfig(method="full")) == []
 
 
 # --- warnings: values that work but are very likely a mistake ---------------------------------------------

@@ -49,9 +49,12 @@ def test_invalid_values_are_flagged_beside_the_field(comms: list) -> None:
     assert form.flags["lora_r"].value == "" and not form.start_button.disabled
     form.fields["learning_rate"].value = "fast"
     assert "learning_rate must be a number, got &#x27;fast&#x27;." in form.flags["learning_rate"].value
-    form.fields["learning_rate"].value = ""
-    assert "learning_rate needs a value; its default is 0.0002." in form.flags["learning_rate"].value
+    form.fields["learning_rate"].value = ""  # empty: the method's default learning rate
+    assert form.flags["learning_rate"].value == "" and form.config.learning_rate is None
+    form.fields["lora_r"].value = ""
+    assert "lora_r needs a value; its default is 8." in form.flags["lora_r"].value
     assert form.start_button.disabled
+    form.fields["lora_r"].value = "16"
     form.fields["learning_rate"].value = "3e-3"
     form.fields["prompt_template"].value = "{sentence}"
     assert "prompt_template uses {sentence}, which is not a column: the columns are phrase, tone." in \

@@ -52,7 +52,7 @@ def test_the_run_folder(workdir, tiny) -> None:
     folder = workdir / "runs" / "folder"
     assert run.dir == Path("runs/folder")
     assert load_config(folder / "config.yaml") == run.config
-    assert run.config.target_modules == ["q_proj", "v_proj"]  # resolved for the architecture
+    assert run.config.target_modules == "all-linear"  # what empty means, written down in the run
     lines = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in lines if "loss" in r] == list(range(1, 17))
     assert [r["step"] for r in lines if "eval_loss" in r] == [4, 8, 12, 16]

@@ -135,6 +135,13 @@ def test_stop_resume_and_show_a_search_from_the_magic(ip, workdir: Path, fixed: 
     while (found.run is None or found.run.step < 1) and time.monotonic() < deadline:
         time.sleep(0.1)
     with capture_output() as captured:
+        ip.run_line_magic("finetune", "pause ctl")
+    assert found.status == RunState.PAUSED and "Pausing search ctl" in captured.stdout
+    assert json.loads((workdir / "runs" / "ctl" / "search.json").read_text())["status"] == "paused"  # at once
+    with capture_output() as captured:
+        ip.run_line_magic("finetune", "resume ctl")  # a paused search goes on in place
+    assert found.status == RunState.RUNNING and "Resumed search ctl" in captured.stdout
+    with capture_output() as captured:
         ip.run_line_magic("finetune", "stop")
     assert "Stopping search ctl" in captured.stdout
     found.wait(120)

@@ -81,7 +81,7 @@ def pause(runs: Runs, args: list[str]) -> None:
     found = _live_search(runs, args)
     if found is not None:
         found.pause()
-        print(f"Pausing search {found.name}: its view's Resume (or {found.name}.resume() in code) continues it.")
+        print(f"Pausing search {found.name}: its view's Resume, or %finetune resume {found.name}, continues it.")
         return
     run = _live_run(runs, args, "pause")
     run.pause()
@@ -126,6 +126,15 @@ def _resume_search(runs: Runs, args: list[str]) -> None:
     if unknown:
         raise RunError(f"%finetune resume of a search takes --num_trials N, --max_time SECONDS and --wait, not "
                        f"{unknown[0]}.")
+    from slmnb.training.states import RunState
+    from slmnb.tuning.api import live_searches
+
+    paused = [f for f in live_searches() if f.name == parsed.name and f.status == RunState.PAUSED
+              and f.root.resolve() == runs.root.resolve()]
+    if paused:  # held in place: its view, under the cell that started it, follows it again
+        paused[0].resume()
+        print(f"Resumed search {parsed.name}: its view, under the cell that started it, follows it again.")
+        return
     launch.resume_search(runs, parsed.name, wait=parsed.wait, num_trials=parsed.num_trials,
                          max_time=parsed.max_time)
 

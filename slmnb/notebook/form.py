@@ -108,7 +108,7 @@ class ConfigForm:
             "lora_r": number("lora_r", "lora_r"),
             "lora_alpha": number("lora_alpha", "lora_alpha"),
             "lora_dropout": number("lora_dropout", "lora_dropout"),
-            "learning_rate": number("learning_rate", "learning_rate"),
+            "learning_rate": number("learning_rate", "learning_rate", "empty: 3e-3 (LoRA), 2e-5 (full)"),
             "max_steps": number("max_steps", "max_steps", "empty: num_train_epochs"),
             "per_device_train_batch_size": number("per_device_train_batch_size", "batch size"),
             "precision": w.Dropdown(value=b.precision, options=list(PRECISIONS), description="precision", **text),
@@ -152,7 +152,8 @@ class ConfigForm:
         out = {key: widget.value for key, widget in self.fields.items() if key != "data"}
         for key in (*TEMPLATES, "name"):
             out[key] = out[key] or None
-        out["max_steps"] = out["max_steps"].strip() or None
+        for key in ("max_steps", "learning_rate"):  # empty: the default (num_train_epochs; the method's rate)
+            out[key] = out[key].strip() or None
         data = self.fields["data"].value.strip()
         from slmnb.datafiles import bundled_datasets
 

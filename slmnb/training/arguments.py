@@ -49,7 +49,7 @@ def training_arguments(config: FinetuneConfig, plan: StepPlan, *, precision: str
         per_device_train_batch_size=config.per_device_train_batch_size,
         per_device_eval_batch_size=config.per_device_train_batch_size,
         gradient_accumulation_steps=config.gradient_accumulation_steps,
-        learning_rate=config.learning_rate,
+        learning_rate=config.peak_learning_rate,
         lr_scheduler_type=config.lr_scheduler_type,
         # transformers 5 takes a fraction below 1 in warmup_steps as a ratio of the run (warmup_ratio is deprecated).
         warmup_steps=config.warmup_ratio,

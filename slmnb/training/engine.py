@@ -226,7 +226,7 @@ def _train(config: FinetuneConfig, rows: data_mod.Data, folder: RunFolder, sink:
     output = folder.output_path(config.method)
     if trainer.is_world_process_zero():
         if not weights_finite(trainer.model):
-            raise diverged(step, "the weights are no longer finite numbers", config.learning_rate)
+            raise diverged(step, "the weights are no longer finite numbers", config.peak_learning_rate)
         output = folder.save_output(trainer.model, config, tokenizer if config.method == "full" else None)
     return Result(outcome, output, step)
 

@@ -80,7 +80,10 @@ def _model_fields(config: FinetuneConfig) -> dict[str, Any]:
     linears = linear_layers(folder)
     if config.method == "full":
         return {}
-    targets = config.target_modules or default_target_modules(linears)
+    # Empty means every linear layer of the blocks: QLoRA's finding, and the search behind slmnb's defaults (on the
+    # embedded model all-linear beat peft's q_proj + v_proj at equal learning rate; BENCHMARKS.md, "Search and the
+    # defaults").
+    targets = config.target_modules or "all-linear"
     if targets == "all-linear":
         widths = [min(shape) for shape in linears.values()]
     else:
@@ -95,13 +98,6 @@ def _model_fields(config: FinetuneConfig) -> dict[str, Any]:
         raise ConfigError(f"lora_r {config.lora_r} is larger than the layers it adapts ({narrowest} wide): use at "
                           f"most {narrowest}; 8 to 64 is usual.")
     return {} if targets == config.target_modules else {"target_modules": targets}
-
-
-def default_target_modules(linears: dict[str, tuple[int, int]]) -> list[str] | str:
-    """The attention's query and value projections where the model calls them q_proj and v_proj, as peft does for
-    Llama, Mistral, Qwen and Gemma; all-linear for any other naming."""
-    leaves = {name.split(".")[-1] for name in linears}
-    return ["q_proj", "v_proj"] if {"q_proj", "v_proj"} <= leaves else "all-linear"
 
 
 def linear_layers(folder: str) -> dict[str, tuple[int, int]]:

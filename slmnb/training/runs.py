@@ -53,6 +53,8 @@ class Runs:
         # dataset's templates now, what the model decides (target_modules) once the data is checked, so a data
         # mistake is answered at once, without building or converting a model.
         filled = {**self._name_for(config), **default_templates(config)}
+        if config.learning_rate is None:  # the method's default, written down so the run says what it trained with
+            filled["learning_rate"] = config.peak_learning_rate
         config = config.replace(**filled) if filled else config
         if config.loss:  # read, not run: the user's file runs in the training thread, where torch is imported
             from slmnb.training.loss import check as check_loss

@@ -57,6 +57,7 @@ class Search:
         self.runs = Runs(self.root)  # where the trials' runs start
         self._listeners: list[SearchListener] = []
         self._lock = threading.RLock()
+        self._publish_lock = threading.Lock()
         self._stop = threading.Event()
         self._unpaused = threading.Event()
         self._unpaused.set()
@@ -165,50 +166,60 @@ class Search:
         return unsubscribe
 
     def emit(self, event: sev.SearchEvent) -> None:
+        # A trial's events arrive on its training thread, which holds its run's lock: the search's lock guards only
+        # its own lists here, and the listeners, search.json and the run are reached outside it (the controls below
+        # take the same care), so the two locks are never held in opposite orders.
         with self._lock:
             if not isinstance(event, sev.TrialEvent):  # a run keeps its own events; the search keeps its own
                 self.history.append(event)
-                self.publish()
-            for listener in list(self._listeners):
-                try:
-                    listener(event)
-                except Exception as exc:
-                    self._listeners.remove(listener)
-                    log.warning("slmnb: a listener of search %r failed (%s: %s) and gets no more events.",
-                                self.name, type(exc).__name__, exc)
+            listeners = list(self._listeners)
+        if not isinstance(event, sev.TrialEvent):
+            self.publish()
+        for listener in listeners:
+            try:
+                listener(event)
+            except Exception as exc:
+                with self._lock:
+                    if listener in self._listeners:
+                        self._listeners.remove(listener)
+                log.warning("slmnb: a listener of search %r failed (%s: %s) and gets no more events.",
+                            self.name, type(exc).__name__, exc)
 
     # --- controls ---------------------------------------------------------------------------------------------
 
     def stop(self) -> None:
         """Stop the trial training now (re-queued for a resume) and start no other. Returns at once."""
         with self._lock:
-            if self.status.live:
-                self._stop.set()
-                self._unpaused.set()
-                self.status = RunState.STOPPING
-                if self.run is not None:
-                    self.run.stop()
-                self.publish()  # the runs panel shows the new status at once, not at the trial's end
+            if not self.status.live:
+                return
+            self._stop.set()
+            self._unpaused.set()
+            self.status, run = RunState.STOPPING, self.run
+        if run is not None:
+            run.stop()
+        self.publish()  # the runs panel shows the new status at once, not at the trial's end
 
     def pause(self) -> None:
         """Hold the trial training now between steps, and start no new one until resume()."""
         with self._lock:
-            if self.status == RunState.RUNNING:
-                self._unpaused.clear()
-                self.status = RunState.PAUSED
-                if self.run is not None:
-                    self.run.pause()
-                self.publish()
+            if self.status != RunState.RUNNING:
+                return
+            self._unpaused.clear()
+            self.status, run = RunState.PAUSED, self.run
+        if run is not None:
+            run.pause()
+        self.publish()
 
     def resume(self) -> Search:
         """Go on after pause(). (An ended search continues with slmnb.resume_search(name).)"""
         with self._lock:
-            if self.status == RunState.PAUSED:
-                self._unpaused.set()
-                self.status = RunState.RUNNING
-                if self.run is not None:
-                    self.run.resume()
-                self.publish()
+            if self.status != RunState.PAUSED:
+                return self
+            self._unpaused.set()
+            self.status, run = RunState.RUNNING, self.run
+        if run is not None:
+            run.resume()
+        self.publish()
         return self
 
     def wait(self, timeout: float | None = None) -> Search:
@@ -252,7 +263,8 @@ class Search:
         if self._study is None:
             return
         try:
-            write_text_atomic(self.dir / STATE_FILE, json.dumps(self.state(), default=str))
+            with self._publish_lock:  # one writer at a time, so the last state written is the newest
+                write_text_atomic(self.dir / STATE_FILE, json.dumps(self.state(), default=str))
         except OSError as exc:
             log.warning("slmnb: could not write %s (%s); the search goes on.", self.dir / STATE_FILE, exc)
 
