@@ -52,7 +52,7 @@ class Runs:
         # What the config leaves open is filled in here and nothing changes it later: the name and a bundled
         # dataset's templates now, what the model decides (target_modules) once the data is checked, so a data
         # mistake is answered at once, without building or converting a model.
-        filled = {**self._name_for(config), **default_templates(config)}
+        filled: dict[str, Any] = {**self._name_for(config), **default_templates(config)}
         if config.learning_rate is None:  # the method's default, written down so the run says what it trained with
             filled["learning_rate"] = config.peak_learning_rate
         config = config.replace(**filled) if filled else config
