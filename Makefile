@@ -58,6 +58,7 @@ bench: setup
 	$(BIN)/python bench/bench_training.py
 	$(BIN)/python bench/bench_kernel.py
 	$(BIN)/python bench/bench_eval.py
+	$(BIN)/python bench/bench_search.py
 	$(BIN)/python bench/bench_export.py
 	$(BIN)/python bench/bench_memory.py
 	$(BIN)/python bench/bench_fidelity.py --merged
