@@ -115,6 +115,13 @@ def test_search_mistakes_in_a_cell_are_one_sentence(ip, workdir: Path, fixed: di
     assert not (workdir / "runs").exists()
 
 
+def test_a_search_file_without_a_search_space_is_one_sentence(ip, workdir: Path, fixed: dict) -> None:
+    (workdir / "plain.yaml").write_text("max_steps: 4\n")
+    with pytest.raises(UsageError, match="--search names a file without a search_space: add one to it"):
+        cell(ip, "--search plain.yaml", fixed)
+    assert not (workdir / "runs").exists()
+
+
 def test_runs_table_groups_trials_under_their_search(ip, workdir: Path, fixed: dict, comms: list) -> None:
     from slmnb.training.runs import DEFAULT
 

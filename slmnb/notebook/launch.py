@@ -87,7 +87,9 @@ def start_search(runs: Runs, values: dict[str, Any], overrides: dict[str, Any], 
 
     values = {**values, **overrides}
     fixed, spec = parse_search(values)  # its mistakes first, in one sentence
-    assert spec is not None
+    if spec is None:  # --search FILE with neither the file nor the body holding a search_space
+        raise ConfigError("--search names a file without a search_space: add one to it, such as 'search_space: "
+                          "{learning_rate: {type: float, low: 1e-5, high: 1e-2, log: true}}'.")
     changes, note = environment_changes(load_config({k: v for k, v in fixed.items() if k != "name"}))
     trials = os.environ.get("SLMNB_MAX_TRIALS", "").strip()
     if trials:
