@@ -25,7 +25,7 @@ from slmnb.text import clock, text_table
 from slmnb.training import events as ev
 from slmnb.training.states import RunState as S
 from slmnb.tuning import events as sev
-from slmnb.tuning.trial import TrialRow, objective_value
+from slmnb.tuning.trial import TrialRow, best_of, objective_value, steps_saved
 
 if TYPE_CHECKING:
     from slmnb.tuning.study import Search
@@ -248,11 +248,7 @@ class SearchView:
                 else r for r in self._rows]
 
     def _best(self) -> TrialRow | None:
-        done = [r for r in self._rows if r.state == "complete" and r.value is not None and math.isfinite(r.value)]
-        if not done:
-            return None
-        pick = max if self.search.spec.direction == "maximize" else min
-        return pick(done, key=lambda r: r.value or 0.0)
+        return best_of(self._rows, self.search.spec.direction)  # from the rows drawn, not a new study read
 
     def _draw_panel(self) -> None:
         status = self.search.status
@@ -343,7 +339,7 @@ class SearchView:
         if said:
             lines.append(f"Trials: {said}.")
         trained = sum(r.steps for r in rows)
-        saved = sum(max((r.max_steps or r.steps) - r.steps, 0) for r in rows if r.state == "pruned")
+        saved = steps_saved(rows)
         if saved:
             lines.append(f"Pruning saved {saved} of {trained + saved} steps ({saved / (trained + saved):.0%}).")
         return lines

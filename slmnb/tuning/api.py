@@ -73,8 +73,7 @@ def open_search(name: str, *, root: str | Path = "runs", storage: str | None = N
     if running is not None:
         return running
     found.open_study()
-    said = search_states(root).get(name, {}).get("status")
-    found.status = RunState.read(said) or RunState.INTERRUPTED
+    found.status = RunState.read(_state(found.dir).get("status")) or RunState.INTERRUPTED
     return found
 
 
@@ -172,30 +171,30 @@ def list_searches(root: str | Path = "runs") -> list[str]:
 
 
 def search_states(root: str | Path = "runs") -> dict[str, dict[str, Any]]:
-    """Each search's search.json (its status, trials and best, as the runs panel reads them), by search name; a
-    search whose file cannot be read has only its name and status "unknown". A live status whose process is gone
-    reads as interrupted, as a run's does."""
+    """Each search's search.json (its status, trials and best, as the runs panel reads them), by search name."""
+    return {name: _state(Path(root) / name) for name in list_searches(root)}
+
+
+def _state(folder: Path) -> dict[str, Any]:
+    """A search folder's search.json; one that cannot be read has only the name and status "unknown". A live status
+    whose process is gone reads as interrupted, as a run's does."""
     import json
 
     from slmnb.tuning.study import STATE_FILE
 
-    states: dict[str, dict[str, Any]] = {}
-    for name in list_searches(root):
-        folder = Path(root) / name
-        try:
-            state = json.loads((folder / STATE_FILE).read_text(encoding="utf-8"))
-            if not isinstance(state, dict):
-                raise ValueError
-        except (OSError, ValueError):
-            state = {"name": name, "status": "unknown", "trials": []}
-        said = RunState.read(state.get("status"))
-        with _live_lock:
-            running = _live.get(folder.resolve())
-        if said is not None and said.live and (running is None or not running.alive) and not _trains_elsewhere(
-                folder.parent, state):
-            state["status"] = str(RunState.INTERRUPTED)
-        states[name] = state
-    return states
+    try:
+        state = json.loads((folder / STATE_FILE).read_text(encoding="utf-8"))
+        if not isinstance(state, dict):
+            raise ValueError
+    except (OSError, ValueError):
+        state = {"name": folder.name, "status": "unknown", "trials": []}
+    said = RunState.read(state.get("status"))
+    with _live_lock:
+        running = _live.get(folder.resolve())
+    if said is not None and said.live and (running is None or not running.alive) and not _trains_elsewhere(
+            folder.parent, state):
+        state["status"] = str(RunState.INTERRUPTED)
+    return state
 
 
 def _trains_elsewhere(root: Path, state: dict[str, Any]) -> bool:

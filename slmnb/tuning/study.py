@@ -26,7 +26,7 @@ from slmnb.training.runs import Runs
 from slmnb.training.states import RunState
 from slmnb.tuning import events as sev
 from slmnb.tuning.spec import SearchSpec
-from slmnb.tuning.trial import TrialFailed, TrialRow, row_of
+from slmnb.tuning.trial import TrialFailed, TrialRow, best_of, row_of, steps_saved
 
 if TYPE_CHECKING:
     import optuna
@@ -112,11 +112,7 @@ class Search:
 
     @property
     def best(self) -> TrialRow | None:
-        done = [t for t in self.trials if t.state == "complete" and t.value is not None and math.isfinite(t.value)]
-        if not done:
-            return None
-        pick = max if self.spec.direction == "maximize" else min
-        return pick(done, key=lambda t: t.value or 0.0)
+        return best_of(self.trials, self.spec.direction)
 
     def best_config(self) -> FinetuneConfig:
         """The best trial's config: the fixed fields with its parameters (no name: a new run gets its own)."""
@@ -251,7 +247,7 @@ class Search:
                        for t in rows],
             "best": None if best is None else {"number": best.number, "run": best.run, "value": best.value,
                                                "params": best.params},
-            "steps_saved": _steps_saved(rows), "updated_at": time.time(),
+            "steps_saved": steps_saved(rows), "updated_at": time.time(),
         }
 
     def publish(self) -> None:
@@ -356,12 +352,7 @@ class Search:
         best = self.best
         return sev.SearchEnded(best_number=best.number if best else None, best_value=best.value if best else None,
                                reason=self.reason, steps_trained=sum(t.steps for t in rows),
-                               steps_saved=_steps_saved(rows))
-
-
-def _steps_saved(rows: list[TrialRow]) -> int:
-    """Steps the pruned trials did not train, against each running to its max_steps."""
-    return sum(max((t.max_steps or t.steps) - t.steps, 0) for t in rows if t.state == "pruned")
+                               steps_saved=steps_saved(rows))
 
 
 def _finite(value: float | None) -> float | None:

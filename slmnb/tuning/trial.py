@@ -46,6 +46,20 @@ class TrialRow:
     counted: bool = True  # False for a cut trial whose parameters were queued again: num_trials counts the retry
 
 
+def best_of(rows: list[TrialRow], direction: str) -> TrialRow | None:
+    """The completed trial with the best finite value ("maximize" or "minimize"); None before one completes."""
+    done = [r for r in rows if r.state == "complete" and r.value is not None and math.isfinite(r.value)]
+    if not done:
+        return None
+    pick = max if direction == "maximize" else min
+    return pick(done, key=lambda r: r.value or 0.0)
+
+
+def steps_saved(rows: list[TrialRow]) -> int:
+    """Steps the pruned trials did not train, against each running to its max_steps."""
+    return sum(max((r.max_steps or r.steps) - r.steps, 0) for r in rows if r.state == "pruned")
+
+
 def row_of(trial: Any) -> TrialRow:
     """A FrozenTrial as a row; a pruned trial's value is the one it was pruned on."""
     attrs = trial.user_attrs
