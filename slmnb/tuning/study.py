@@ -213,7 +213,9 @@ class Search:
                 return self
             self._unpaused.set()
             self.status, run = RunState.RUNNING, self.run
-        if run is not None:
+        # Only a held trial needs it: one paused as it was starting may not have reached its hold (resuming a run
+        # that trains raises).
+        if run is not None and run.status in (RunState.PAUSING, RunState.PAUSED):
             run.resume()
         self.publish()
         return self
