@@ -97,7 +97,8 @@ def sampler(spec: SearchSpec, seed: int | None) -> optuna.samplers.BaseSampler:
 
 
 def pruner(spec: SearchSpec) -> optuna.pruners.BasePruner:
-    """Median or successive halving; the search itself never asks before a trial's second evaluation."""
+    """Median or successive halving; the search never asks before a trial's second evaluation and a third of its
+    steps (slmnb.tuning.trial.Watcher)."""
     if spec.pruner == "none":
         return optuna.pruners.NopPruner()
     if spec.pruner == "halving":

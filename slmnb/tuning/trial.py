@@ -107,9 +107,13 @@ class Watcher:
             return
         self.last, self.evals = value, self.evals + 1
         self.trial.report(value, event.step)
-        # Never at the first evaluation (one point says nothing about a curve) nor at the last (nothing to save).
+        # Never at the first evaluation (one point says nothing about a curve), nor in the first third of the
+        # trial (a high learning rate makes the loss jump early, and on the embedded model the best trial of
+        # bench_search.py was pruned at step 6 of 36 when it was allowed), nor at the last (nothing to save).
         last = self.max_steps is not None and event.step >= self.max_steps
-        if self.prune and self.evals >= 2 and not last and self.pruned_at is None and self.trial.should_prune():
+        early = self.max_steps is not None and event.step * 3 < self.max_steps
+        if self.prune and self.evals >= 2 and not early and not last and self.pruned_at is None \
+                and self.trial.should_prune():
             self.pruned_at = event.step
             if self.run is not None:
                 self.run.stop()
