@@ -21,7 +21,7 @@ LAB_SOURCES := $(shell find labextension/src labextension/style labextension/sch
 # env on every run; its --check-build-dependencies fails if this list falls behind pyproject.toml.
 BUILD_TOOLS := hatchling hatch-jupyter-builder hatch-nodejs-version
 
-.PHONY: setup demo test lint test-slow bench lab clean
+.PHONY: test-olive setup demo test lint test-slow bench lab clean
 
 setup: $(STAMP)
 
@@ -49,6 +49,14 @@ lint: setup
 # runs outlast the suite's 300 s deadline per test.
 test-slow: setup
 	$(BIN)/python -m pytest -m slow -s --timeout=1800
+
+# Olive's own config classes check every Olive run config slmnb writes (olive-config). olive-ai lives in its own
+# venv, never in slmnb's: installing it with accelerate, peft and datasets took 3 min 15 s here (torch included).
+OLIVE_VENV ?= /tmp/slmnb-olive-venv
+test-olive: setup
+	test -x $(OLIVE_VENV)/bin/python || ($(PYTHON) -m venv $(OLIVE_VENV) && \
+		$(OLIVE_VENV)/bin/pip install --quiet olive-ai==0.13.0 requests accelerate peft datasets)
+	SLMNB_OLIVE_PYTHON=$(OLIVE_VENV)/bin/python $(BIN)/python -m pytest tests/test_olive_writer.py
 
 # JupyterLab on the teaching notebooks, with the extension; runs and exports land next to them.
 lab: setup

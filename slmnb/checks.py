@@ -120,6 +120,8 @@ def coerce_field(f: dataclasses.Field[Any], value: Any) -> Any:
         return list(value) or None
     if kind == "rows":
         return _rows(name, value)
+    if kind == "args":
+        return _training_args(name, value)
     raise AssertionError(f"unknown field kind {kind}")
 
 
@@ -163,6 +165,35 @@ def _rows(name: str, value: Any) -> list[dict[str, Any]]:
             if isinstance(cell, str):
                 _check_text(f"Row {number} of {name}, column {short_repr(key)},", cell)
     return [dict(r) for r in value]
+
+
+def _training_args(name: str, value: Any) -> dict[str, Any] | None:
+    """Names and plain values only: TrainingArguments itself checks each name and value when the run starts
+    (importing transformers here would slow every config)."""
+    from dataclasses import fields
+
+    from slmnb.config import RESERVED_TRAINING_ARGS, FinetuneConfig
+
+    if not isinstance(value, dict):
+        raise ConfigError(f"{name} must be a mapping of TrainingArguments names to values, such as "
+                          f"{{max_grad_norm: 0.5}}, got {short_repr(value)}.")
+    own = {f.name for f in fields(FinetuneConfig)} | {"batch_size", "per_device_train_batch_size"}
+    for key, entry in value.items():
+        if not isinstance(key, str) or not key.isidentifier():
+            raise ConfigError(f"{name} keys are TrainingArguments names such as max_grad_norm, not "
+                              f"{short_repr(key)}.")
+        if key in own:
+            raise ConfigError(f"{name} sets {key}, which is a config field of its own: set {key} instead.")
+        if key in RESERVED_TRAINING_ARGS:
+            raise ConfigError(f"{name} cannot set {key}: {RESERVED_TRAINING_ARGS[key]}.")
+        scalars = (str, int, float, bool, type(None))
+        if not isinstance(entry, scalars) and not (isinstance(entry, list | tuple) and all(
+                isinstance(e, scalars) for e in entry)):
+            raise ConfigError(f"{name}.{key} must be a plain value (text, number, true/false or a list of them), "
+                              f"got {short_repr(entry)}.")
+        if isinstance(entry, str):
+            _check_text(f"{name}.{key}", entry)
+    return dict(value) or None
 
 
 def template_columns(template: str, option: str) -> list[str]:

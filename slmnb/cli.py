@@ -12,9 +12,21 @@ import sys
 import time
 from typing import Any, TextIO
 
-from slmnb.errors import SlmnbError
+from slmnb.errors import ConfigError, SlmnbError
 from slmnb.evaluation import add_eval_options
+from slmnb.olive.flags import (
+    add_adapter_options,
+    add_export_flags,
+    add_finetune_flags,
+    export_options,
+    finetune_overrides,
+    olive_extras,
+    refuse_export_flags,
+    split_training_args,
+)
+from slmnb.olive.writer import add_options as add_olive_config_options
 from slmnb.options import (
+    FIELD_NAMES,
     OptionParser,
     add_compare_options,
     add_config_options,
@@ -24,7 +36,17 @@ from slmnb.options import (
 from slmnb.text import clock
 from slmnb.training import events as ev
 
-SHORT_OPTIONS = {"model_name_or_path": "-m", "output_dir": "-o"}
+SHORT_OPTIONS = {"model_name_or_path": "-m", "output_dir": "-o", "data_name": "-d"}
+
+
+def add_finetune_options(finetune: argparse.ArgumentParser) -> None:
+    """`slmnb finetune`: a config file, every field as an option, and `olive finetune`'s own flags."""
+    finetune.add_argument("config", nargs="?", help="A YAML or JSON FinetuneConfig; options override it.")
+    finetune.add_argument("--resume", action="store_true", help="Continue the named run from its last checkpoint.")
+    finetune.add_argument("--dry-run", "--dry_run", dest="dry_run", action="store_true",
+                          help="Print the resolved config and a preview of the rendered rows; train nothing.")
+    add_config_options(finetune, SHORT_OPTIONS)
+    add_finetune_flags(finetune, output_short=False)  # -o is output_dir already, as Olive's -o is its output_path
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -33,12 +55,27 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     finetune = commands.add_parser("finetune", help="Fine-tune a model (LoRA, QLoRA or full).",
                                    argument_default=argparse.SUPPRESS)
-    finetune.add_argument("config", nargs="?", help="A YAML or JSON FinetuneConfig; options override it.")
-    finetune.add_argument("--resume", action="store_true", help="Continue the named run from its last checkpoint.")
-    add_config_options(finetune, SHORT_OPTIONS)
-    add_export_options(commands.add_parser("export", help="Export a run to ONNX for onnxruntime-genai."))
+    add_finetune_options(finetune)
+    export = commands.add_parser("export", help="Export a run to ONNX for onnxruntime-genai (olive auto-opt's flags).")
+    add_export_options(export)
+    add_export_flags(export)
+    for command, text in (("convert-adapters", "A peft LoRA folder as an .onnx_adapter (olive convert-adapters)."),
+                          ("generate-adapter", "An ONNX model with its LoRA built in, split into a switchable base "
+                                               "and its adapter (olive generate-adapter).")):
+        add_adapter_options(commands.add_parser(command, help=text), command)
     add_compare_options(commands.add_parser("compare", help="Base model and fine-tunes side by side (ONNX)."))
     add_eval_options(commands.add_parser("eval", help="Score a run on a split: metrics, confusion matrix, misses."))
+    olive = commands.add_parser("run", help="Run an Olive run config (olive run --config): train, then export.",
+                                argument_default=argparse.SUPPRESS)
+    olive.add_argument("config", help="An Olive run config, JSON or YAML (input_model, data_configs, passes).")
+    olive.add_argument("--dry-run", "--dry_run", dest="dry_run", action="store_true",
+                       help="Print the slmnb config, the export and each ignored key; train nothing.")
+    # As on the %%finetune line: any field (or olive finetune flag) overrides the config's, --model_name_or_path
+    # and --data_files above all, for a config naming a hub model or dataset.
+    add_config_options(olive, SHORT_OPTIONS)
+    add_finetune_flags(olive, output_short=False)
+    add_olive_config_options(commands.add_parser(
+        "olive-config", help="Write an Olive run config that reproduces a run and its export (olive run --config)."))
     search = commands.add_parser("search", help="Search hyperparameters: trials one after another, Optuna-pruned.")
     search.add_argument("config", help="A YAML or JSON config with search_space (and search_strategy, objective).")
     search.add_argument("--name", help="The search's name; a search of that name in the storage is joined.")
@@ -105,7 +142,8 @@ class ProgressBar:
 
 
 
-def run_finetune(options: dict[str, Any]) -> int:
+def run_finetune(options: dict[str, Any], started: list[Any] | None = None) -> int:
+    """Train in the foreground with the progress bar; `started` receives the run (slmnb run exports it after)."""
     from slmnb.checks import config_warnings
     from slmnb.config import load_config
     from slmnb.training.runs import finetune
@@ -113,6 +151,10 @@ def run_finetune(options: dict[str, Any]) -> int:
 
     source = options.pop("config", None)
     resume = options.pop("resume", False)
+    dry_run, save = options.pop("dry_run", False), options.pop("save_config_file", False)
+    if resume and (dry_run or save):
+        raise ConfigError("--dry-run and --save_config_file show a new run's config: drop --resume (the run's "
+                          "config.yaml is in its folder).")
     rank0 = int(os.environ.get("RANK", "0")) == 0
     bar = ProgressBar()
     listeners = [bar] if rank0 else []
@@ -122,7 +164,20 @@ def run_finetune(options: dict[str, Any]) -> int:
         if rank0:
             for warning in config_warnings(source):
                 bar.warn(warning)
+        if save and rank0:
+            from slmnb.olive.flags import save_config_file
+
+            print(save_config_file(source), file=sys.stderr)
+        if dry_run:
+            from slmnb.data import preview
+
+            print(source.to_yaml(include_defaults=False, always=("model_name_or_path",)))
+            print(preview(source))
+            print("dry run: nothing was trained.", file=sys.stderr)
+            return 0
     run = finetune(source, resume=resume, listeners=listeners, **options)
+    if started is not None:
+        started.append(run)
     shown = None
     try:
         while run.alive:
@@ -157,11 +212,28 @@ def run_export(options: dict[str, Any]) -> int:
     def phase(text: str) -> None:
         print(f"[{clock(time.perf_counter() - start)}] {text}", file=sys.stderr, flush=True)
 
+    options, notes = export_options(options)
+    for note in notes:
+        print(f"note: {note}", file=sys.stderr)
     result = export(options.pop("run"), on_phase=phase, **options)
     print(f"exported to {result.folder} ({result.size_mb:.0f} MB)" +
           (f", adapter {result.adapter}" if result.adapter else "") + f" in {result.seconds:.1f} s")
     if result.fidelity:
         print(f"note: {result.fidelity}", file=sys.stderr)
+    return 0
+
+
+def run_adapter_command(command: str, options: dict[str, Any]) -> int:
+    """`slmnb convert-adapters -a ADAPTER -o OUT` and `slmnb generate-adapter -m ONNX_DIR -o OUT`, as Olive's."""
+    from slmnb.olive.adapters import convert_adapters, generate_adapter
+
+    options = olive_extras(options)
+    if command == "convert-adapters":
+        path = convert_adapters(options.pop("adapter_path"), options.pop("output_path"), **options)
+        print(f"Exported adapter weights to {path}")
+    else:
+        folder, adapter = generate_adapter(options.pop("model_name_or_path"), options.pop("output_path"), **options)
+        print(f"Base model with LoRA inputs in {folder}; its adapter is {adapter}")
     return 0
 
 
@@ -232,25 +304,95 @@ def run_search(options: dict[str, Any]) -> int:
     return 0
 
 
+# `slmnb olive finetune ...`: a pasted Olive command line, run by the slmnb subcommand that does its job.
+OLIVE_SUBCOMMANDS = {"finetune": "finetune", "auto-opt": "export", "optimize": "export",
+                     "convert-adapters": "convert-adapters", "generate-adapter": "generate-adapter", "run": "run"}
+
+
+def olive_argv(argv: list[str]) -> tuple[list[str], dict[str, str]]:
+    """argv with a leading `olive SUBCOMMAND` read as slmnb's, and `finetune`'s TrainingArguments flags taken out."""
+    if argv[:1] in (["olive"], ["!olive"]) and argv[1:2] and argv[1] in OLIVE_SUBCOMMANDS:
+        argv = [OLIVE_SUBCOMMANDS[argv[1]], *argv[2:]]
+    if argv[:1] == ["run"]:  # `olive run --config my.json` names its file with --config
+        argv = [part for part in argv if part != "--config"]
+        argv = [part.removeprefix("--config=") for part in argv]
+    if argv[:1] != ["finetune"]:
+        return argv, {}
+    probe = OptionParser(argument_default=argparse.SUPPRESS)
+    add_finetune_options(probe)
+    rest, training_args = split_training_args(argv[1:], probe, FIELD_NAMES)
+    return ["finetune", *rest], training_args
+
+
+def run_olive(options: dict[str, Any]) -> int:
+    """`slmnb run CONFIG`: an Olive run config trained with the progress bar, then exported as it asks."""
+    from slmnb.config import read_config_file
+    from slmnb.errors import ConfigError
+    from slmnb.olive.runconfig import describe, is_olive_config, read_olive_config
+    from slmnb.training.states import RunState
+
+    source, dry_run = options.pop("config"), options.pop("dry_run", False)
+    options.pop("save_config_file", None)
+    values = read_config_file(source)
+    if not is_olive_config(values):
+        raise ConfigError(f"{source} is not an Olive run config (it has no input_model, data_configs or passes): "
+                          f"train a slmnb config with slmnb finetune {source}.")
+    job = read_olive_config(values, overrides=options)  # the command line's fields win
+    if dry_run:
+        print(describe(job))
+        return 0
+    for key, reason in job.ignored:
+        print(f"note: {key} is not applied: {reason}.", file=sys.stderr)
+    if job.search:
+        if job.export:
+            print("note: the export is left to slmnb export BEST_TRIAL after the search.", file=sys.stderr)
+        return run_search({"config": job.search_values(), "name": None, "storage": None})
+    started: list[Any] = []
+    code = run_finetune({"config": job.config}, started)
+    if code or not job.export or not started or started[0].status != RunState.FINISHED:
+        return code
+    return run_export({"run": started[0], **job.export})
+
+
+def run_olive_config(options: dict[str, Any]) -> int:
+    """`slmnb olive-config RUN [-o FILE]`: where it wrote, the `olive run` command, and where Olive differs."""
+    from slmnb.olive.writer import write_for_run
+
+    print(write_for_run(options))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     try:
+        argv, training_args = olive_argv(list(sys.argv[1:] if argv is None else argv))
         parsed, unknown = parser.parse_known_args(argv)
         args = vars(parsed)
         command = args.pop("command")
-        if unknown and command != "finetune":
+        if command == "export":
+            refuse_export_flags(unknown, "slmnb export")
+        if unknown and command not in ("finetune", "run"):
             parser.error(f"unrecognized arguments: {' '.join(unknown)}")
         refuse_unknown(unknown)
-        if command == "finetune":
-            return run_finetune(args)
+        if command in ("finetune", "run"):
+            args, notes = finetune_overrides(args)
+            for note in notes:
+                print(f"note: {note}", file=sys.stderr)
+            if training_args:
+                args["training_args"] = training_args
+            return run_finetune(args) if command == "finetune" else run_olive(args)
         if command == "export":
             return run_export(args)
+        if command in ("convert-adapters", "generate-adapter"):
+            return run_adapter_command(command, args)
         if command == "compare":
             return run_compare(args)
         if command == "eval":
             return run_eval(args)
         if command == "search":
             return run_search(args)
+        if command == "olive-config":
+            return run_olive_config(args)
     except SlmnbError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

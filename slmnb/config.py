@@ -43,6 +43,25 @@ MAX_EVAL_NEW_TOKENS = 256
 # BENCHMARKS.md, "Search and the defaults"). Full fine-tuning moves every pretrained weight: 2e-5, the usual rate
 # for it.
 DEFAULT_LEARNING_RATES = {"lora": 3e-3, "qlora": 3e-3, "full": 2e-5}
+# TrainingArguments that slmnb sets itself, so training_args may not: the run folder, the device and precision
+# (precision auto), the events the dashboard and the run folder are built from, and evaluating and saving at the
+# steps the run plans. Each names its reason in the refusal.
+RESERVED_TRAINING_ARGS = {
+    "output_dir": "slmnb trains into the run folder: set output_dir or name",
+    "overwrite_output_dir": "slmnb keeps every run in its own folder: set output_dir or name",
+    "use_cpu": "slmnb picks the device itself", "no_cuda": "slmnb picks the device itself",
+    "bf16": "set precision (auto, bf16 or fp32)", "fp16": "set precision (auto, bf16 or fp32)",
+    "half_precision_backend": "set precision (auto, bf16 or fp32)",
+    "report_to": "the dashboard and the run folder are slmnb's report",
+    "disable_tqdm": "slmnb shows its own progress", "logging_strategy": "set logging_steps",
+    "logging_nan_inf_filter": "slmnb stops on a NaN loss and says so",
+    "eval_strategy": "set eval_steps", "evaluation_strategy": "set eval_steps", "save_strategy": "set save_steps",
+    "prediction_loss_only": "slmnb's evaluation needs the loss only", "remove_unused_columns": "slmnb prepares "
+    "the columns itself", "include_num_input_tokens_seen": "the dashboard's tokens/s counts them",
+    "ddp_backend": "slmnb picks gloo on CPU under torchrun", "resume_from_checkpoint": "resume the run instead",
+    "push_to_hub": "slmnb works offline; export the run instead", "hub_model_id": "slmnb works offline",
+    "hub_token": "slmnb works offline",
+}
 
 
 def _opt(default: Any, help: str, kind: str, *, choices: tuple[str, ...] | None = None,
@@ -120,6 +139,9 @@ class FinetuneConfig:
     early_stopping_patience: int | None = _opt(
         None, "Stop after this many evaluations without a better metric_for_best_model (eval loss by default).",
         "int", low=1)
+    training_args: dict[str, Any] | None = _opt(
+        None, "Other transformers TrainingArguments for the Trainer, as Olive's training_args, such as "
+        "{max_grad_norm: 0.5, adam_beta2: 0.99}; the fields above are set as themselves, not here.", "args")
     loss: str | None = _opt(
         None, "A training loss of your own, 'path/to/file.py:function_name' (the Python API also takes the function): "
         "loss(logits, labels) returns a scalar tensor, the mean over the labelled positions, where logits[:, t] "
@@ -144,6 +166,9 @@ class FinetuneConfig:
         False, "Keep the weights of the best evaluation by metric_for_best_model as the run's output instead of the "
         "last step's (early stopping always does).", "bool")
     # where
+    task_name: str | None = _opt(
+        None, "The task this run's adapter is for, such as classification or generation (Olive's --task_name): "
+        "%opt compare gives each task its own prompts, and the adapters list groups them by base model.", "str")
     output_dir: str | None = _opt(None, "The run folder; empty means runs/<name>.", "str")
     name: str | None = _opt(None, "The run's name; empty means one made from the data, method and time.", "str")
 

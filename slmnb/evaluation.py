@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import string
 import time
 from collections.abc import Callable, Sequence
@@ -162,6 +163,20 @@ def evaluate_answers(config: FinetuneConfig, rows: Sequence[dict[str, Any]], pre
 # --- a run's PyTorch model -------------------------------------------------------------------------------
 
 
+def capped(split: str) -> str:
+    """The split SLMNB_MAX_EVAL_ROWS shortens to its first N rows (for headless notebook tests and quick classroom
+    checks, as SLMNB_MAX_STEPS shortens runs), written as the slice it becomes so every view says so: test becomes
+    test[:16]. A slice or a sum of splits is kept as asked, and so is 'eval' (the held-out rows cannot be sliced)."""
+    cap = os.environ.get("SLMNB_MAX_EVAL_ROWS", "").strip()
+    if not cap:
+        return split
+    if not cap.isdigit() or int(cap) < 1:
+        raise ConfigError(f"SLMNB_MAX_EVAL_ROWS must be a whole number of rows, got {cap!r}.")
+    if "[" in split or "+" in split or split.strip() == "eval":
+        return split
+    return f"{split.strip()}[:{int(cap)}]"
+
+
 def split_rows(config: FinetuneConfig, split: str) -> list[dict[str, Any]]:
     """Rows of a split of the run's data (slices work); "eval" is the rows the run held out, when no split has
     that name."""
@@ -199,6 +214,7 @@ def evaluate_run(run: TrainingRun, split: str = "test", metrics: Sequence[str] |
     config = run.config
     if run.alive:
         raise RunError(f"Run {run.name!r} is training: evaluate it once it ends (run.wait()), or stop it first.")
+    split = capped(split)
     rows = split_rows(config, split)
     references = references_of(config, rows)
     names = metric_names(config, references, metrics)

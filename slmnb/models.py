@@ -23,6 +23,8 @@ from slmnb.paths import build_folder_once, slmnb_home
 
 EMBEDDED_MODEL = "smollm2-135m-instruct"
 TINY_MODEL = "tiny-llama"
+# Where the embedded model comes from: Olive configs and tutorials name it by its hub id.
+HUB_IDS = {EMBEDDED_MODEL: "HuggingFaceTB/SmolLM2-135M-Instruct"}
 _GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 # Bumped whenever the conversion changes, so an old cached folder is not reused.
 _FORMAT = "v1"
@@ -185,6 +187,10 @@ def _hub_model(model_id: str) -> str:
     except Exception:  # not in the local hub cache: only a reachable hub can help
         pass
     if os.environ.get("HF_HUB_OFFLINE") not in (None, "", "0") or not _hub_reachable():
+        embedded = next((name for name, hub in HUB_IDS.items() if hub.lower() == model_id.lower()), None)
+        if embedded:
+            raise ConfigError(f"Cannot download {model_id!r}: the Hugging Face Hub is not reachable from here, and "
+                              f"slmnb embeds a copy of it: set model_name_or_path to {embedded}.")
         raise ConfigError(f"Cannot download {model_id!r}: the Hugging Face Hub is not reachable from here, so "
                           "download the model where it is and set model_name_or_path to its local folder.")
     return model_id

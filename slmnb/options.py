@@ -38,7 +38,7 @@ def add_config_options(parser: argparse.ArgumentParser, short: dict[str, str]) -
     for f in fields(FinetuneConfig):
         kind = f.metadata["kind"]
         text = f.metadata["help"].replace("%", "%%")  # argparse formats help with %: train[:90%] would break it
-        if kind == "rows":
+        if kind in ("rows", "args"):  # a list of mappings, a mapping: they belong in a config body
             continue
         flags = [f"--{f.name}"] + ([short[f.name]] if f.name in short else [])
         if kind == "bool":
@@ -63,8 +63,10 @@ def add_export_options(parser: argparse.ArgumentParser) -> None:
     """`export RUN` with `olive auto-opt`'s flag names."""
     from slmnb.opt.export import ADAPTER_MODES, PRECISIONS
 
-    parser.add_argument("run", metavar="RUN", help="A run's name or folder.")
-    parser.add_argument("--precision", default="int4", choices=PRECISIONS,
+    # RUN may come as Olive's -m / --adapter_path instead, and Olive's other precisions get their own sentence:
+    # slmnb.olive.flags.export_options settles both.
+    parser.add_argument("run", metavar="RUN", nargs="?", default=None, help="A run's name or folder.")
+    parser.add_argument("--precision", default="int4", metavar="|".join(PRECISIONS),
                         help="Weight precision (default int4: k_quant with an int8 output layer).")
     parser.add_argument("--adapters", default="switchable", choices=ADAPTER_MODES,
                         help="switchable: a shared base model plus a small .onnx_adapter per run (default); "

@@ -67,11 +67,11 @@ CHOICES = {"method": ("lora", "qlora", "full"), "precision": ("auto", "bf16", "f
            "lr_scheduler_type": ("linear", "cosine", "cosine_with_restarts", "cosine_with_min_lr", "polynomial",
                                  "constant", "constant_with_warmup", "inverse_sqrt", "warmup_stable_decay")}
 TEXT_FIELDS = ("model_name_or_path", "train_split", "name", "prompt_template", "response_template", "method",
-               "precision", "lr_scheduler_type", "base_weights", "metric_for_best_model", "loss")
+               "precision", "lr_scheduler_type", "base_weights", "metric_for_best_model", "loss", "task_name")
 BOOL_FIELDS = ("use_chat_template", "gradient_checkpointing", "load_best_model_at_end")
 LIST_FIELDS = ("target_modules", "data_files", "metrics")
 FIELD_NAMES = (*INT_BOUNDS, *FLOAT_BOUNDS, *TEXT_FIELDS, *BOOL_FIELDS, *LIST_FIELDS, "data_name", "rows",
-               "eval_split", "text_template", "output_dir")
+               "eval_split", "text_template", "output_dir", "training_args")
 
 
 # --- the valid base, and one thing broken ---------------------------------------------------------------
@@ -295,8 +295,21 @@ combinations = st.sampled_from([
     Break("a lone surrogate in a template", set={"prompt_template": "\ud800{phrase}"}),
 ])
 
+@st.composite
+def bad_training_args(draw: st.DrawFn) -> Break:
+    """Not a mapping; a field or an argument slmnb sets itself; a name TrainingArguments lacks; a bad value."""
+    value = draw(st.one_of(
+        st.integers(), st.text(min_size=1, max_size=8), st.lists(st.integers(), min_size=1, max_size=2),
+        st.sampled_from(["learning_rate", "max_steps", "output_dir", "report_to", "bf16", "batch_size"]).map(
+            lambda k: {k: 1}),
+        st.sampled_from(["max_grad_norn", "lr", "epochs", "adam_beta", "warmup"]).map(lambda k: {k: 1}),
+        st.sampled_from([{"max_grad_norm": "big"}, {"adam_beta2": {"a": 1}}, {"optim": "adamw_nope"}, {"1x": 2},
+                         {"max_grad_norm": [1, {}]}, {"save_total_limit": "a\0b"}])))
+    return Break(f"training_args={value!r:.60}", set={"training_args": value})
+
+
 bad_configs = st.one_of(bad_numbers(), bad_types(), unknown_keys(), bad_choices(), bad_templates(),
-                        bad_names_and_splits(), bad_cells(), combinations)
+                        bad_names_and_splits(), bad_cells(), bad_training_args(), combinations)
 
 
 # --- feeding the three front ends -----------------------------------------------------------------------

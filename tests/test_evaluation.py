@@ -160,6 +160,17 @@ def test_a_split_that_does_not_exist_is_one_sentence(trained, split: str, messag
         trained.evaluate(split)
 
 
+def test_slmnb_max_eval_rows_shortens_a_whole_split_and_says_so(trained, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SLMNB_MAX_EVAL_ROWS", "5")
+    result = trained.evaluate("train", metrics="accuracy")
+    assert result.split == "train[:5]" and len(result.rows) == 5  # the views show the slice it became
+    assert len(trained.evaluate("train[:3]", metrics="accuracy").rows) == 3  # a slice is kept as asked
+    assert len(trained.evaluate("eval", metrics="accuracy").rows) == 8  # the held-out rows cannot be sliced
+    monkeypatch.setenv("SLMNB_MAX_EVAL_ROWS", "few")
+    with pytest.raises(ConfigError, match="SLMNB_MAX_EVAL_ROWS must be a whole number of rows, got 'few'"):
+        trained.evaluate("train")
+
+
 def test_a_bad_metric_is_refused_before_any_model_loads(trained) -> None:
     trained.release()
     with pytest.raises(ConfigError, match="bleurt"):

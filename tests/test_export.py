@@ -332,7 +332,7 @@ def test_opt_magic_exports_lists_and_compares(inside, ip) -> None:
         ip.run_line_magic("opt", "export nosuch")
     with pytest.raises(UsageError, match="has no subcommand 'frobnicate'"):
         ip.run_line_magic("opt", "frobnicate")
-    with pytest.raises(UsageError, match="invalid choice: 'int3'"):
+    with pytest.raises(UsageError, match="precision 'int3' is not a precision the model builder makes"):
         ip.run_line_magic("opt", "export tuned --precision int3")
 
 

@@ -1,4 +1,5 @@
-"""Every notebook in notebooks/ runs headless on a real kernel, with runs shortened by SLMNB_MAX_STEPS.
+"""Every notebook in notebooks/ runs headless on a real kernel, shortened by the environment: runs by SLMNB_MAX_STEPS,
+searches by SLMNB_MAX_TRIALS, evaluations and comparisons of a whole split by SLMNB_MAX_EVAL_ROWS.
 
 They run in order in one folder, as a student would: 02 exports the run that 01 trained.
 
@@ -26,7 +27,7 @@ assert run.status == "finished", run.status
 assert run.step == 4, run.step
 dashboard = dashboards_for(run)[0]
 assert list(dashboard.figure.data[0].x) == [1, 2, 3, 4], dashboard.figure.data[0].x
-assert len(tuned.rows) >= 40
+assert tuned.split == "test[:16]" and len(tuned.rows) == 16, tuned.split
 """,
     "02-export-and-compare.ipynb": """
 assert ex.precision == "int4" and ex.adapter.name == "quickstart.onnx_adapter", ex
@@ -34,7 +35,7 @@ assert comparison.status == "done", comparison.status
 assert [c.title for c in comparison.columns] == ["base model", "quickstart", "base, 4-shot"]
 assert all(all(c.answers) for c in comparison.columns)
 assert all(c.accuracy is not None for c in comparison.columns)
-assert comparison.columns[1].agreement is not None
+assert comparison.columns[1].agreement is not None and comparison.split == "test[:16]", comparison.split
 """,
     "03-evaluate.ipynb": """
 from slmnb.notebook.dashboard import dashboards_for
@@ -70,6 +71,7 @@ def test_notebook_runs_headless(path: Path, folder: Path, monkeypatch: pytest.Mo
     monkeypatch.chdir(workdir)
     monkeypatch.setenv("SLMNB_MAX_STEPS", "4")
     monkeypatch.setenv("SLMNB_MAX_TRIALS", "2")
+    monkeypatch.setenv("SLMNB_MAX_EVAL_ROWS", "16")
     shutil.copy(path, workdir / path.name)
     nb = nbformat.read(workdir / path.name, as_version=4)
     nb.cells.append(nbformat.v4.new_code_cell(CHECKS.get(path.name, "")))

@@ -214,6 +214,26 @@ def test_a_failure_becomes_an_event_and_wait_raises_it(workdir, tiny) -> None:
     assert "Traceback" in (run.dir / "error.log").read_text()
 
 
+def test_training_args_reach_the_trainer_and_mistakes_are_one_sentence_before_any_folder(workdir, tiny) -> None:
+    import torch
+
+    run = slmnb.finetune(tiny, name="args", max_steps=2, training_args={"adam_beta2": "0.95", "max_grad_norm": 0.5})
+    run.wait()
+    assert load_config(run.dir / "config.yaml").training_args == {"adam_beta2": "0.95", "max_grad_norm": 0.5}
+    checkpoint = sorted((run.dir / "checkpoints").glob("checkpoint-*"))[-1]
+    used = torch.load(checkpoint / "training_args.bin", weights_only=False)  # what the Trainer trained with
+    assert (used.adam_beta2, used.max_grad_norm) == (0.95, 0.5)
+    for extra, message in [({"max_grad_norn": 1}, "not a transformers TrainingArguments argument \\(did you mean "
+                             "max_grad_norm\\?\\)"),
+                           ({"learning_rate": 1}, "which is a config field of its own: set learning_rate instead"),
+                           ({"report_to": "wandb"}, "cannot set report_to: the dashboard"),
+                           ({"max_grad_norm": "big"}, "max_grad_norm must be float, got 'big'"),
+                           ({"optim": "adamw_nope"}, "refused by transformers \\(adamw_nope is not a valid")]:
+        with pytest.raises(ConfigError, match=message):
+            slmnb.finetune(tiny, name="refused", training_args=extra)
+    assert not (workdir / "runs" / "refused").exists()
+
+
 def test_data_mistakes_raise_before_any_thread(workdir, tiny) -> None:
     with pytest.raises(ConfigError, match="which is not a column"):
         slmnb.finetune(tiny, prompt_template="{text}")

@@ -176,5 +176,19 @@ def evaluate(runs: Runs, args: list[str]) -> Any:
     return EvalView(run.name, evaluations, options["wrong"])
 
 
+def olive_config(runs: Runs, args: list[str]) -> None:
+    """`%finetune olive-config RUN [-o FILE]`: writes the Olive run config and says how to run it with Olive."""
+    from slmnb.olive.writer import add_options, write_for_run
+    from slmnb.options import OptionParser
+
+    parser = OptionParser(prog="%finetune olive-config", add_help=False)
+    add_options(parser)
+    parsed, unknown = parser.parse_known_args(args)
+    if unknown:
+        raise RunError(f"%finetune olive-config has no option {unknown[0]}: see %finetune olive-config --help.")
+    print(write_for_run(vars(parsed)))
+
+
 ROUTES: dict[str, Callable[[Runs, list[str]], Any]] = {"runs": runs_table, "stop": stop, "pause": pause,
-                                                       "resume": resume, "show": show, "eval": evaluate}
+                                                       "resume": resume, "show": show, "eval": evaluate,
+                                                       "olive-config": olive_config}

@@ -27,9 +27,18 @@ def cell_values(body: str, overrides: dict[str, Any], default_model: str,
     if not isinstance(body_values, dict):
         raise ConfigError("The cell body must be a YAML or JSON mapping, such as 'max_steps: 60'.")
     values.update(body_values)
+    if is_olive(body_values):  # an Olive run config names its model in input_model
+        return values
     if "model_name_or_path" not in values and "model_name_or_path" not in overrides:
         values["model_name_or_path"] = default_model
     return values
+
+
+def is_olive(values: dict[str, Any]) -> bool:
+    """An Olive run config (input_model, passes, data_configs): slmnb.olive reads it into a FinetuneConfig."""
+    from slmnb.olive.runconfig import is_olive_config
+
+    return is_olive_config(values)
 
 
 def is_search(values: dict[str, Any]) -> bool:

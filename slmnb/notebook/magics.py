@@ -14,7 +14,7 @@ from IPython.core.magic import Magics, line_cell_magic, line_magic, magics_class
 from traitlets import Unicode, observe
 
 from slmnb.errors import SlmnbError
-from slmnb.notebook.parsing import SUBCOMMANDS, help_text, parse_cell_line, split_line
+from slmnb.notebook.parsing import SUBCOMMANDS, help_text, parse_cell, split_line
 
 HELP = {"-h", "--help"}
 
@@ -55,16 +55,24 @@ class FinetuneMagics(Magics):
             from slmnb.notebook.commands import ROUTES
 
             return ROUTES[tokens[0]](self.runs, tokens[1:])
-        args = parse_cell_line(tokens)
+        args, cell = parse_cell(tokens, cell or "")  # a body that is a pasted `olive finetune` line is its flags
         if args.help:
             print(help_text())
             return None
+        for note in args.notes:  # Olive flags accepted that change nothing here
+            print(f"note: {note}")
         from slmnb.notebook import launch
 
         values = launch.cell_values(cell or "", args.overrides, self.default_model, args.search)
+        if launch.is_olive(values):
+            return self._olive(values, args)
         if args.search or launch.is_search(values):
             return self._search(values, args)
         config = launch.cell_config(cell or "", args.overrides, self.default_model)
+        if args.save_config_file:
+            from slmnb.olive.flags import save_config_file
+
+            print(save_config_file(config))
         if args.form:
             from slmnb.notebook.form import form_for_cell
 
@@ -80,6 +88,26 @@ class FinetuneMagics(Magics):
             self.shell.user_ns[args.var] = run
         # No value: the dashboard is the cell's live output, and a repr under it would be a stale snapshot. The run
         # is in `-o NAME`, slmnb.active_run() and slmnb.load_run(name).
+        return None
+
+    def _olive(self, values: dict[str, Any], args: Any) -> Any:
+        """A body that is an Olive run config: its run (or search) and then its export; the line's options win."""
+        from slmnb.errors import ConfigError
+        from slmnb.notebook import olive_launch
+        from slmnb.olive.runconfig import read_olive_config
+
+        if args.form:
+            raise ConfigError("The form edits slmnb configs: drop --form, or run the Olive config as it is.")
+        job = read_olive_config(values, overrides=args.overrides)
+        if getattr(args, "save_config_file", False):
+            from slmnb.olive.flags import save_config_file
+
+            print(save_config_file(job.config))
+        if args.dry_run:
+            return olive_launch.OliveDryRun(job)
+        started = olive_launch.start(self.runs, job, wait=args.wait)
+        if args.var and self.shell is not None:
+            self.shell.user_ns[args.var] = started
         return None
 
     def _search(self, values: dict[str, Any], args: Any) -> Any:
@@ -117,8 +145,11 @@ class OptMagics(Magics):
         if not tokens or tokens[0] == "help" or HELP.intersection(tokens):  # `%opt export --help` too
             print(USAGE)
             return None
+        if tokens[0] in ("olive", "!olive") and tokens[1:2]:  # a pasted `olive auto-opt ...` line
+            tokens = tokens[1:]
         if tokens[0] not in ROUTES:
-            raise UsageError(f"%opt has no subcommand {tokens[0]!r}: use export, adapters or compare.")
+            raise UsageError(f"%opt has no subcommand {tokens[0]!r}: use export, adapters, compare, convert-adapters "
+                             "or generate-adapter.")
         try:
             return ROUTES[tokens[0]](tokens[1:])
         except SlmnbError as exc:

@@ -1,4 +1,5 @@
-"""`%opt SUBCOMMAND`: export, adapters and compare, parsed with the same options as `slmnb export|compare`."""
+"""`%opt SUBCOMMAND`: export, adapters and compare, parsed with the same options as `slmnb export|compare`, and
+Olive's convert-adapters and generate-adapter (auto-opt and optimize are export by Olive's names)."""
 
 from __future__ import annotations
 
@@ -7,11 +8,20 @@ from collections.abc import Callable
 from typing import Any
 
 from slmnb.errors import ConfigError
+from slmnb.olive.flags import add_adapter_options, add_export_flags, export_options, olive_extras, refuse_export_flags
 from slmnb.options import OptionParser, add_compare_options, add_export_options
 
 USAGE = """%opt export RUN [--precision int4|int8|fp32] [--adapters switchable|merged] [-o DIR] [--wait]
     ONNX for onnxruntime-genai, in the background with its progress; `ex = %opt export RUN` keeps the job
-    (ex.wait() gives the Export).
+    (ex.wait() gives the Export). Olive's auto-opt / optimize flags work too: -m RUN, --adapter_path
+    runs/NAME/adapter, --output_path, --device cpu, --provider CPUExecutionProvider, --use_ort_genai,
+    --use_model_builder (`%opt auto-opt ...` is `%opt export ...`).
+%opt convert-adapters -a ADAPTER -o OUT
+    A peft LoRA folder (any, or a run's) as an .onnx_adapter for a base model exported with switchable adapters;
+    OUT is the file, or a base model's folder (the adapter must fit it, and joins its adapters/).
+%opt generate-adapter -m ONNX_DIR [-o OUT]
+    An ONNX model with the LoRA built in (the model builder given an adapter) split into a base whose LoRA
+    weights are inputs and OUT/adapter_weights.onnx_adapter.
 %opt adapters [-o DIR]
     The base models, merged models and adapters in the exports folder (default ./onnx).
 %opt compare RUN [RUN ...] [--prompts FILE] [--eval] [--max_new_tokens N] [--few-shot K] [--wait]
@@ -31,6 +41,8 @@ def _parser(command: str, add: Callable[[argparse.ArgumentParser], None]) -> Opt
 
 def _parse(command: str, add: Callable[[argparse.ArgumentParser], None], args: list[str]) -> dict[str, Any]:
     parsed, unknown = _parser(command, add).parse_known_args(args)
+    if command == "export":
+        refuse_export_flags(unknown, "%opt export")  # Olive's flags that cannot apply say why
     if unknown:
         raise ConfigError(f"%opt {command} has no option {unknown[0]}: see %opt --help.")
     return vars(parsed)
@@ -40,7 +52,13 @@ def export(args: list[str]) -> Any:
     from slmnb.notebook.opt_views import ExportJob
     from slmnb.opt.export import exportable
 
-    options = _parse("export", add_export_options, args)
+    def add(parser: argparse.ArgumentParser) -> None:
+        add_export_options(parser)
+        add_export_flags(parser)
+
+    options, notes = export_options(_parse("export", add, args))
+    for note in notes:
+        print(f"note: {note}")
     wait = options.pop("wait")
     run = exportable(options.pop("run"), options["precision"], options["adapters"], options["device"],
                      options["provider"], output=options["output"])  # a mistake is an error of this cell, at once
@@ -76,4 +94,35 @@ def compare(args: list[str]) -> Any:
     return view
 
 
-ROUTES: dict[str, Callable[[list[str]], Any]] = {"export": export, "adapters": adapters, "compare": compare}
+def convert_adapters(args: list[str]) -> Any:
+    """Olive's convert-adapters: returns the .onnx_adapter's path."""
+    from slmnb.olive.adapters import convert_adapters as convert
+
+    def add(parser: argparse.ArgumentParser) -> None:
+        add_adapter_options(parser, "convert-adapters")
+
+    options = _parse("convert-adapters", add, args)
+    options.pop("wait")
+    path = convert(options.pop("adapter_path"), options.pop("output_path"), **olive_extras(options))
+    print(f"Exported adapter weights to {path}")
+    return path
+
+
+def generate_adapter(args: list[str]) -> Any:
+    """Olive's generate-adapter: returns the switchable base model's folder and its adapter file."""
+    from slmnb.olive.adapters import generate_adapter as generate
+
+    def add(parser: argparse.ArgumentParser) -> None:
+        add_adapter_options(parser, "generate-adapter")
+
+    options = _parse("generate-adapter", add, args)
+    options.pop("wait")
+    folder, adapter = generate(options.pop("model_name_or_path"), options.pop("output_path"),
+                               **olive_extras(options))
+    print(f"Base model with LoRA inputs in {folder}; its adapter is {adapter}")
+    return folder, adapter
+
+
+ROUTES: dict[str, Callable[[list[str]], Any]] = {
+    "export": export, "auto-opt": export, "optimize": export, "adapters": adapters, "compare": compare,
+    "convert-adapters": convert_adapters, "generate-adapter": generate_adapter}

@@ -15,7 +15,7 @@ from typing import Any
 from slmnb.errors import ExportError
 from slmnb.notebook.output import CellOutput
 from slmnb.notebook.views import html_table
-from slmnb.opt.store import Listed
+from slmnb.opt.store import Listed, by_base
 from slmnb.text import clock, text_table
 
 REDRAW_EVERY = 0.25  # seconds between two redraws of a live view
@@ -145,19 +145,29 @@ class ExportJob(Background):
         return f"<ExportJob {self.name}: {'done' if self.done else self.phase}>"
 
 
-EXPORT_COLUMNS = ["model folder", "kind", "base model", "precision", "size", "adapters"]
+EXPORT_COLUMNS = ["base model", "model folder", "kind", "precision", "size", "adapter (run)", "task", "rank"]
 
 
 class ExportsTable:
-    """`%opt adapters`: the base models and merged models on disk, and each base's adapters."""
+    """`%opt adapters`: the exports on disk grouped by the base model they run on: each base model's folders (one per
+    precision and LoRA layout, and merged models), and under each folder its adapters with their run and task."""
 
     def __init__(self, listed: list[Listed], root: str) -> None:
         self.listed, self.root = listed, root
 
     def _cells(self) -> list[list[str]]:
-        return [[e.folder.name, e.manifest.get("kind", "?"), e.manifest.get("base_model", "?"),
-                 e.manifest.get("precision", "?"), f"{e.size_mb:.0f} MB",
-                 ", ".join(f"{a['run']} (r={a.get('rank', '?')})" for a in e.adapters) or "-"] for e in self.listed]
+        cells = []
+        for base, folders in by_base(self.listed).items():
+            for e in folders:
+                shown = [e.folder.name, e.manifest.get("kind", "?"), e.manifest.get("precision", "?"),
+                         f"{e.size_mb:.0f} MB"]
+                adapters = [[a.get("run", "?"), a.get("task_name") or "-", str(a.get("rank", "?"))]
+                            for a in e.adapters] or [["-", "-", "-"]]
+                for i, adapter in enumerate(adapters):
+                    # The base model and the folder once, on their first row: the rows below are theirs.
+                    first_of_base = e is folders[0] and i == 0
+                    cells.append([base if first_of_base else "", *(shown if i == 0 else [""] * 4), *adapter])
+        return cells
 
     def _repr_html_(self) -> str:
         if not self.listed:
@@ -172,7 +182,8 @@ class ExportsTable:
 
 class ComparisonView(Background):
     """The side-by-side table, redrawn as tokens come. A background thread exports what is missing (showing
-    the phase), then fills the table; wait() gives the Comparison.
+    the phase), then fills the table; wait() gives the Comparison. Runs of several tasks show one table per task
+    under its heading (wait() gives their Comparisons).
 
     The kernel's interrupt cannot reach that thread (the cell has returned), so the view names its own way to stop:
     stop() on the cell's value, which it shows while it works.
@@ -214,11 +225,16 @@ class ComparisonView(Background):
         c, status = self.comparison, self._status()
         colour = "#b00020" if self.error is not None else "#555"
         html, text = f"<div style='color:{colour}'>{escape(status)}</div>", status
-        if c is not None:
-            header, rows = c.header(), c.answer_rows() + c.summary_rows()
+        blocks = c.blocks if c is not None else []
+        for block in blocks:  # one per task: the base model beside that task's runs, on its own prompts
+            if len(blocks) > 1:
+                html += f"<h4 style='margin:0.8em 0 0.3em'>{escape(block.heading())}</h4>"
+                text += f"\n\n{block.heading()}"
+            header, rows = block.header(), block.answer_rows() + block.summary_rows()
             html += html_table(header, rows)
             text += "\n" + text_table(header, rows, width=30)
-            trade = c.trade_line() if c.status in ("done", "stopped") else None  # from finished measurements only
+            # From finished measurements only.
+            trade = block.trade_line() if block.status in ("done", "stopped") else None
             if trade:
                 html += f"<p style='margin-top:0.5em'><b>Fine-tune or prompt?</b> {escape(trade)}</p>"
                 text += f"\n\n{trade}"

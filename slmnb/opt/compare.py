@@ -7,6 +7,8 @@ With evaluate=True each column also answers the run's test split and is scored w
 (slmnb.metrics), and the base model's and each run's ONNX answers are checked against PyTorch's. With a few-shot
 column the table also says what each way costs per request (prompt tokens, time) and what each fine-tune cost once
 (training time, tokens), and one sentence per fine-tune weighs the two from those measured numbers.
+Runs of several tasks on one base (Olive's --task_name) get one such table each, on their own prompts
+(slmnb.opt.tasks).
 """
 
 from __future__ import annotations
@@ -19,15 +21,19 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, overload
 
 from slmnb.errors import ExportError, SlmnbError
 from slmnb.metrics import score_text
 from slmnb.opt.export import Export, export
 from slmnb.opt.inputs import open_run
 from slmnb.opt.runtime import Timing
+from slmnb.opt.tasks import Comparisons
 from slmnb.progress import progress, status_line
 from slmnb.text import text_table
+
+if TYPE_CHECKING:
+    from slmnb.training.run import TrainingRun
 
 Update = Callable[["Comparison", str], None]
 DEFAULT_PROMPTS = 4  # rows of the test split shown when no prompts are given
@@ -94,8 +100,10 @@ class Comparison:
     """Prompts down the side, models across the top; cells fill as the tokens come."""
 
     def __init__(self, prompts: list[dict[str, Any] | str], columns: list[Column], test_rows: list[dict[str, Any]],
-                 max_new_tokens: int, metrics: Sequence[str] | None = None, split: str = "test") -> None:
+                 max_new_tokens: int, metrics: Sequence[str] | None = None, split: str = "test",
+                 task: str | None = None) -> None:
         self.prompts = prompts
+        self.task = task  # the task these runs share (slmnb.opt.tasks): a block of a several-task comparison
         self.split = split  # what test_rows are: the test split, or the slice or split asked for
         self.metrics = list(metrics) if metrics else None  # None: the run's, or chosen from its data
         self.columns = columns
@@ -108,6 +116,15 @@ class Comparison:
     def stop(self) -> None:
         """End after the current token; what was generated so far stays."""
         self._stop.set()
+
+    @property
+    def blocks(self) -> list[Comparison]:
+        """One task, one block: views draw a Comparison and a several-task Comparisons alike."""
+        return [self]
+
+    def heading(self) -> str:
+        """The line above this block when a comparison has several tasks: the task and its runs."""
+        return f"Task {self.task}: {', '.join(c.title for c in self.columns if c.run is not None)}"
 
     def prompt_text(self, i: int) -> str:
         prompt = self.prompts[i]
@@ -422,14 +439,22 @@ def _duration(seconds: float | None, adjective: bool = False) -> str:
 
 
 @dataclass
-class Plan:
-    """A comparison checked and ready to build: every mistake was found before the first export."""
+class TaskPlan:
+    """One task's runs and what they answer: its prompts, its test rows, its few-shot examples."""
 
+    title: str
     items: list[Any]  # what was handed over: runs, or Exports
     runs: list[Any]
     prompts: list[dict[str, Any] | str]
     test_rows: list[dict[str, Any]]
     examples: list[dict[str, Any]]
+
+
+@dataclass
+class Plan:
+    """A comparison checked and ready to build: every mistake was found before the first export."""
+
+    tasks: list[TaskPlan]  # one block per task (slmnb.opt.tasks); runs of one task make one
     max_new_tokens: int
     metrics: list[str] | None = None
     split: str = "test"
@@ -444,8 +469,8 @@ def check(runs: Sequence[Any] | Any, prompts: Sequence[dict[str, Any] | str] | s
     front is the cell's error, never a view that starts and then says failed.
     """
     import slmnb
-    from slmnb.datafiles import read_splits
     from slmnb.opt.export import exportable
+    from slmnb.opt.tasks import by_task, check_one_base
 
     if isinstance(runs, str | Path | slmnb.TrainingRun | Export):
         runs = [runs]
@@ -462,44 +487,83 @@ def check(runs: Sequence[Any] | Any, prompts: Sequence[dict[str, Any] | str] | s
             raise ExportError(f"Run {run.name!r} is still training: wait for it (run.wait()) or stop it, then compare.")
         if not isinstance(item, Export):
             exportable(run)  # no saved adapter, say: said now, not after a minute in the background
-    config = trained[0].config
+    check_one_base(trained)
+    given = _given_prompts(prompts)
+    tasks = [_task_plan(title, [items[i] for i in group], [trained[i] for i in group], given, few_shot, evaluate,
+                        split) for title, group in by_task(trained)]
+    if evaluate:
+        from slmnb.evaluation import capped
+
+        split = capped(split)
+    return Plan(tasks, max_new_tokens, _metric_names(metrics), split)
+
+
+def _task_plan(title: str, items: list[Any], runs: list[Any], given: list[dict[str, Any] | str] | None,
+               few_shot: int, evaluate: bool, split: str) -> TaskPlan:
+    """One task's prompts, test rows and few-shot examples, all from its first run's data."""
+    from slmnb.datafiles import read_splits
+    from slmnb.opt.tasks import check_rows_fit
+
+    first = runs[0]
+    config = first.config
     splits = read_splits(config)
     test_rows = splits.get("test", [])
     if evaluate and split == "test" and not test_rows:
-        raise ExportError(f"Run {trained[0].name!r} has no test split to evaluate on: its data needs a 'test' split.")
+        raise ExportError(f"Run {first.name!r} has no test split to evaluate on: its data needs a 'test' split.")
     if evaluate:
-        from slmnb.evaluation import split_rows
+        from slmnb.evaluation import capped, split_rows
 
-        test_rows = split_rows(config, split)  # a slice (test[:16]) or another split, checked
+        test_rows = split_rows(config, capped(split))  # a slice (test[:16]) or another split, checked
     if evaluate and not config.response_template:
-        raise ExportError(f"evaluate scores answers against the response_template, and run {trained[0].name!r} has "
+        raise ExportError(f"evaluate scores answers against the response_template, and run {first.name!r} has "
                           "none: compare without evaluate.")
     train = list(splits.get("train", []))
     if len(train) < few_shot:
         raise ExportError(f"few_shot={few_shot} needs that many training rows; the run has {len(train)}.")
     examples = random.Random(0).sample(train, few_shot) if few_shot else []
-    return Plan(items, trained, _prompts(prompts, test_rows or train), test_rows, examples, max_new_tokens,
-                _metric_names(metrics), split)
+    prompts: list[dict[str, Any] | str] = list((test_rows or train)[:DEFAULT_PROMPTS]) if given is None else given
+    if given is not None:
+        check_rows_fit(runs, given, "the prompts given", "give prompts with that column, or compare the runs of "
+                       "each task apart", scored=False)
+    else:
+        check_rows_fit(runs[1:], prompts, f"the rows of run {first.name!r}",
+                       "runs of different tasks need different task_name values, so each task answers its own rows",
+                       scored=False)
+    if evaluate:
+        check_rows_fit(runs[1:], test_rows[:1], f"the {split} rows of run {first.name!r}",
+                       "runs of different tasks need different task_name values, so each task answers its own rows",
+                       scored=True)
+    return TaskPlan(title, items, runs, prompts, test_rows, examples)
 
 
 def prepare(runs: Sequence[Any] | Any | Plan, prompts: Sequence[dict[str, Any] | str] | str | Path | None = None,
             max_new_tokens: int = 64, few_shot: int = 0, evaluate: bool = False,
             metrics: Sequence[str] | str | None = None, on_phase: Callable[[str], None] | None = None,
-            split: str = "test") -> Comparison:
-    """Export what is not exported yet and lay out the columns (of a checked Plan); nothing is generated here."""
+            split: str = "test") -> Comparison | Comparisons:
+    """Export what is not exported yet and lay out the columns (of a checked Plan); nothing is generated here.
+
+    Runs of one task give a Comparison; runs of several tasks a Comparisons, one Comparison per task."""
     plan = runs if isinstance(runs, Plan) else check(runs, prompts, max_new_tokens, few_shot, evaluate, metrics,
                                                      split)
-    exports = [item if isinstance(item, Export) else export(run, on_phase=_named_phase(run.name, on_phase))
-               for item, run in zip(plan.items, plan.runs, strict=True)]
+    exported = [[item if isinstance(item, Export) else export(run, on_phase=_named_phase(run.name, on_phase))
+                 for item, run in zip(task.items, task.runs, strict=True)] for task in plan.tasks]
+    blocks = [_block(task, exports, plan) for task, exports in zip(plan.tasks, exported, strict=True)]
+    return blocks[0] if len(blocks) == 1 else Comparisons(blocks)
+
+
+def _block(task: TaskPlan, exports: list[Export], plan: Plan) -> Comparison:
+    """The base model (through the task's first export, so it renders the task's templates), the task's runs,
+    and the base model shown the task's own solved rows."""
     first = exports[0]
     if first.merged:
         raise ExportError(f"{first.folder} is a merged export with no base model inside: compare runs exported "
                           "with adapters='switchable'.")
     columns = [Column("base model", first, adapter=False)]
     columns += [Column(e.run.name, e, adapter=True, run=e.run) for e in exports]
-    if plan.examples:
-        columns.append(Column(f"base, {len(plan.examples)}-shot", first, adapter=False, examples=plan.examples))
-    return Comparison(plan.prompts, columns, plan.test_rows, plan.max_new_tokens, plan.metrics, plan.split)
+    if task.examples:
+        columns.append(Column(f"base, {len(task.examples)}-shot", first, adapter=False, examples=task.examples))
+    return Comparison(task.prompts, columns, task.test_rows, plan.max_new_tokens, plan.metrics, plan.split,
+                      task=task.title)
 
 
 def _metric_names(metrics: Sequence[str] | str | None) -> list[str] | None:
@@ -525,12 +589,12 @@ def _check_count(option: str, value: Any, least: int) -> None:
         raise ExportError(f"{option} must be a whole number of at least {least}, not {value!r}.")
 
 
-def _prompts(prompts: Sequence[dict[str, Any] | str] | str | Path | None,
-             fallback: list[dict[str, Any]]) -> list[dict[str, Any] | str]:
+def _given_prompts(prompts: Sequence[dict[str, Any] | str] | str | Path | None) -> list[dict[str, Any] | str] | None:
+    """The prompts asked for (a list, or a file read once for every task); None: each task's own test rows."""
     from slmnb.datafiles import read_rows
 
     if prompts is None:
-        return list(fallback[:DEFAULT_PROMPTS])
+        return None
     if isinstance(prompts, str | Path):
         path = Path(prompts).expanduser()
         if path.suffix.lower() == ".txt":
@@ -544,15 +608,32 @@ def _prompts(prompts: Sequence[dict[str, Any] | str] | str | Path | None,
     return list(prompts)
 
 
-def compare(runs: Sequence[Any] | Any, prompts: Sequence[dict[str, Any] | str] | str | Path | None = None,
-            evaluate: bool = False, max_new_tokens: int = 64, few_shot: int = 0,
-            metrics: Sequence[str] | str | None = None, split: str = "test") -> Comparison:
+Prompts = Sequence[dict[str, Any] | str] | str | Path | None
+
+
+@overload
+def compare(runs: str | Path | TrainingRun | Export, prompts: Prompts = None, evaluate: bool = False,
+            max_new_tokens: int = 64, few_shot: int = 0, metrics: Sequence[str] | str | None = None,
+            split: str = "test") -> Comparison: ...  # one run is one task
+
+
+@overload
+def compare(runs: Sequence[Any] | Any, prompts: Prompts = None, evaluate: bool = False, max_new_tokens: int = 64,
+            few_shot: int = 0, metrics: Sequence[str] | str | None = None,
+            split: str = "test") -> Comparison | Comparisons: ...
+
+
+def compare(runs: Sequence[Any] | Any, prompts: Prompts = None, evaluate: bool = False, max_new_tokens: int = 64,
+            few_shot: int = 0, metrics: Sequence[str] | str | None = None,
+            split: str = "test") -> Comparison | Comparisons:
     """Base model and fine-tunes answering the same prompts (default: a few test rows), filled and returned.
 
     `prompts` is a list of texts or rows, or a file (.txt: one prompt per line; .json/.jsonl/.csv: rows).
     evaluate=True scores every column on `split` (the test split; a slice such as "test[:16]" is quicker) with
     `metrics` (default: the run's); with few_shot, print()
     ends with what the fine-tune bought over prompting (trade_line()).
+    Runs of several tasks on one base model (task_name; without one, their data and template columns) give a
+    Comparisons: one block per task, the base model beside that task's runs on that task's own prompts.
     In a notebook, `%opt compare` shows the same thing streaming into a table.
     """
     comparison = prepare(runs, prompts, max_new_tokens, few_shot, evaluate, metrics, split=split)

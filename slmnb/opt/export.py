@@ -151,9 +151,10 @@ class Export:
         `rows` replaces the split's rows (then `split` only names them): a comparison answers one run's rows
         with every column. `model` titles the Evaluation's column.
         """
-        from slmnb.evaluation import evaluate_answers
+        from slmnb.evaluation import capped, evaluate_answers
 
         run = self._scored_run()
+        split = split if rows is not None else capped(split)
         rows, metrics, max_new_tokens = _evaluation_inputs(run, split, metrics, max_new_tokens, self.tokenizer, rows)
         model = model or self._evaluation_title(adapter, len(examples))
         path = self._adapter_for(adapter)

@@ -77,6 +77,19 @@ class Listed:
     def size_mb(self) -> float:
         return model_size_mb(self.folder)
 
+    @property
+    def base_model(self) -> str:
+        return str(self.manifest.get("base_model", "?"))
+
+
+def by_base(listed: list[Listed]) -> dict[str, list[Listed]]:
+    """The exports grouped by the base model they run on (one base serves the adapters of every task, Olive's
+    multi-adapter workflow), base models in the order of their first export."""
+    groups: dict[str, list[Listed]] = {}
+    for entry in listed:
+        groups.setdefault(entry.base_model, []).append(entry)
+    return groups
+
 
 def model_size_mb(folder: Path) -> float:
     """The ONNX graph and its weights, in MB."""
@@ -84,7 +97,8 @@ def model_size_mb(folder: Path) -> float:
 
 
 def list_exports(root: str | Path | None = None) -> list[Listed]:
-    """The complete exports in a folder (default: ./onnx), bases and merged models, oldest first."""
+    """The complete exports in a folder (default: ./onnx), bases and merged models, oldest first; each adapter
+    with its run and the task_name of that run (by_base groups them by base model)."""
     root = Path(root or EXPORTS_DIR)
     if not root.is_dir():
         return []
@@ -97,7 +111,26 @@ def list_exports(root: str | Path | None = None) -> list[Listed]:
         for meta in sorted((folder / "adapters").glob("*.json")):
             info = read_json(meta)
             if info and meta.with_suffix(".onnx_adapter").is_file():
-                adapters.append({**info, "file": str(meta.with_suffix(".onnx_adapter"))})
+                adapters.append({**info, "task_name": _task_name(info),
+                                 "file": str(meta.with_suffix(".onnx_adapter"))})
         adapters.sort(key=lambda info: info.get("created", 0.0))
         found.append(Listed(folder, manifest, adapters))
     return sorted(found, key=lambda listed: listed.manifest.get("created", 0.0))
+
+
+def _task_name(info: dict[str, Any]) -> str | None:
+    """The task an adapter is for: its own record's, else its run's config.yaml (the run may have moved or gone:
+    then none)."""
+    from slmnb.config import read_config_file
+    from slmnb.errors import SlmnbError
+
+    if isinstance(info.get("task_name"), str):
+        return str(info["task_name"])
+    run_dir = info.get("run_dir")
+    if not isinstance(run_dir, str):
+        return None
+    try:
+        value = read_config_file(Path(run_dir) / "config.yaml").get("task_name")
+    except (SlmnbError, OSError):
+        return None
+    return value if isinstance(value, str) and value else None

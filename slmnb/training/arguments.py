@@ -41,7 +41,7 @@ def training_arguments(config: FinetuneConfig, plan: StepPlan, *, precision: str
                        cuda: bool = False, world: int = 1) -> Any:
     from transformers import TrainingArguments
 
-    return TrainingArguments(
+    own: dict[str, Any] = dict(
         output_dir=output_dir,
         use_cpu=not cuda,
         bf16=precision == "bf16",
@@ -76,6 +76,82 @@ def training_arguments(config: FinetuneConfig, plan: StepPlan, *, precision: str
         prediction_loss_only=True,  # evaluation needs the loss, not every position's logits
         dataloader_num_workers=0,
     )
+    extra = typed_training_args(config.training_args or {})
+    if not extra:
+        return TrainingArguments(**own)
+    return _refused_in_a_sentence(lambda: TrainingArguments(**{**own, **extra}), extra)
+
+
+def check_training_args(extra: dict[str, Any]) -> None:
+    """training_args' names, types and values as TrainingArguments checks them, before a run starts."""
+    from transformers import TrainingArguments
+
+    typed = typed_training_args(extra)
+    _refused_in_a_sentence(lambda: TrainingArguments(output_dir="unused", use_cpu=True, report_to="none", **typed),
+                           typed)
+
+
+def _refused_in_a_sentence(build: Any, extra: dict[str, Any]) -> Any:
+    try:
+        return build()
+    except (ValueError, TypeError) as exc:  # TrainingArguments' own checks of a value or a combination
+        reason = " ".join(str(exc).split()).rstrip(".")
+        if len(reason) > 300:
+            reason = reason[:300] + "..."
+        raise ConfigError(f"training_args are refused by transformers ({reason}): fix or remove "
+                          f"{', '.join(extra)}.") from None
+
+
+def typed_training_args(extra: dict[str, Any]) -> dict[str, Any]:
+    """training_args checked against TrainingArguments' fields, text turned into each field's type (a command line
+    and Olive's JSON give '0.5' and 0.5 alike)."""
+    import dataclasses
+    import difflib
+    import typing
+
+    from transformers import TrainingArguments
+
+    known = {f.name: f for f in dataclasses.fields(TrainingArguments) if f.init}
+    hints = typing.get_type_hints(TrainingArguments)
+    out: dict[str, Any] = {}
+    for name, value in extra.items():
+        if name not in known:
+            close = difflib.get_close_matches(name, list(known), n=1)
+            hint = f" (did you mean {close[0]}?)" if close else ""
+            raise ConfigError(f"training_args names {name!r}, which is not a transformers TrainingArguments "
+                              f"argument{hint}: fix the name or remove it.")
+        out[name] = _typed(name, value, hints.get(name))
+    return out
+
+
+def _typed(name: str, value: Any, hint: Any) -> Any:
+    import typing
+
+    if not isinstance(value, str):
+        return value
+    kinds = [k for k in (typing.get_args(hint) or (hint,)) if k is not type(None)]
+    text = value.strip()
+    if text.lower() in ("none", "null", "") and len(kinds) < len(typing.get_args(hint) or (hint,)):
+        return None
+    for kind in kinds:
+        if kind is bool:
+            if text.lower() in ("true", "false", "yes", "no", "1", "0"):
+                return text.lower() in ("true", "yes", "1")
+        elif kind is int:
+            try:
+                return int(text)
+            except ValueError:
+                continue
+        elif kind is float:
+            try:
+                return float(text)
+            except ValueError:
+                continue
+        elif kind is str:
+            return value
+    if str in kinds or not kinds or any(k not in (bool, int, float) for k in kinds):
+        return value  # an enum or a union with text: TrainingArguments checks it
+    raise ConfigError(f"training_args {name} must be {' or '.join(k.__name__ for k in kinds)}, got {value!r}.")
 
 
 def best_model_arguments(config: FinetuneConfig, plan: StepPlan) -> dict[str, Any]:

@@ -380,6 +380,19 @@ class TrainingRun:
 
         return evaluate_run(self, split, metrics, adapter=adapter, max_new_tokens=max_new_tokens, progress=progress)
 
+    def to_olive_config(self, output: str | Path | None = None, precision: str | None = "int4",
+                        adapters: str | None = None) -> Any:
+        """Write an Olive run config that reproduces this run and its export (precision None: no export), with
+        the run's rows beside it; `output` defaults to olive-config.json in the run folder. Returns what was
+        written (print it for the `olive run` command and the notes)."""
+        from slmnb.olive.writer import DEFAULT_FILE, write_olive_config
+
+        export = None if precision is None else {"precision": precision, **({"adapters": adapters} if adapters else {})}
+        started = [e for e in self.history if isinstance(e, ev.Started)]
+        return write_olive_config(self.config, output or self.dir / DEFAULT_FILE, export,
+                                  precision=started[-1].precision if started else None,
+                                  trained_model=self.output_path if self.config.method == "full" else None)
+
     # --- the thread ---------------------------------------------------------------------------------
 
     def _launch(self, data: Data, checkpoint: Path | None, notes: Sequence[str] = (),

@@ -38,10 +38,11 @@ class Runs:
     # --- starting and resuming ------------------------------------------------------------------------
 
     def start(self, config: FinetuneConfig | dict[str, Any] | str | Path | None = None, *,
-              listeners: Iterable[Listener] = (), **overrides: Any) -> TrainingRun:
+              listeners: Iterable[Listener] = (), notes: Iterable[str] = (), **overrides: Any) -> TrainingRun:
         """Check the config and its data, settle what it leaves to the model, make the run folder, and train.
 
-        Every mistake raises a one-sentence SlmnbError before any folder is made or thread started.
+        Every mistake raises a one-sentence SlmnbError before any folder is made or thread started. `notes` are
+        sentences the run's front ends show when it starts, beside its own.
         """
         from slmnb.checks import config_warnings
         from slmnb.models import needs_building
@@ -60,6 +61,10 @@ class Runs:
             from slmnb.training.loss import check as check_loss
 
             check_loss(config.loss)
+        if config.training_args:  # their names and types, before any folder (transformers loads once, here)
+            from slmnb.training.arguments import check_training_args
+
+            check_training_args(config.training_args)
         folder = RunFolder(self._folder_path(config))
         # Under torchrun every rank trains, but rank 0 alone makes and writes the folder (it has a name already).
         writer = int(os.environ.get("RANK", "0")) == 0
@@ -82,7 +87,8 @@ class Runs:
         for listener in listeners:
             run.subscribe(listener)
         # Likely mistakes (learning_rate: 5) train as asked, and every front end says so: they are the notes.
-        run._launch(data, checkpoint=None, notes=[*metric_notes, *config_warnings(config)], settle=settle_later)
+        run._launch(data, checkpoint=None, notes=[*notes, *metric_notes, *config_warnings(config)],
+                    settle=settle_later)
         return run
 
     def resume(self, name_or_dir: str | Path, *, listeners: Iterable[Listener] = (), **overrides: Any) -> TrainingRun:
@@ -203,6 +209,15 @@ def finetune(config: FinetuneConfig | dict[str, Any] | str | Path | None = None,
     With resume=True the run named by the config (or by name=/output_dir=) continues from its last good checkpoint,
     with `overrides` applied (max_steps=... trains it longer).
     """
+    from slmnb.olive.runconfig import olive_values, read_olive_config
+
+    olive = olive_values(config)
+    if olive is not None and not resume:  # an Olive run config: its training part; the keyword arguments win
+        job = read_olive_config(olive, overrides=overrides)
+        note = (f"The Olive config's export (precision {job.export['precision']}, adapters {job.export['adapters']}) "
+                f"is left to you: slmnb.export(run, precision='{job.export['precision']}', "
+                f"adapters='{job.export['adapters']}') once the run finishes." if job.export else None)
+        return DEFAULT.start(job.config, listeners=listeners, notes=[note] if note else [])
     if not resume:
         return DEFAULT.start(config, listeners=listeners, **overrides)
     base = load_config(config) if config is not None else None

@@ -21,7 +21,7 @@ _PARAM_KEYS = {"float": ("type", "low", "high", "step", "log"), "int": ("type", 
                "choice": ("type", "values")}
 _FIELDS = {f.name: f for f in fields(FinetuneConfig)}
 # Fields a trial cannot take from the search: each trial is its own run, named and placed by the search.
-_NOT_SEARCHED = ("name", "output_dir", "rows", "data_files")
+_NOT_SEARCHED = ("name", "output_dir", "rows", "data_files", "training_args")
 
 
 @dataclass(frozen=True)
