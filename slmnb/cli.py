@@ -20,7 +20,6 @@ from slmnb.olive.flags import (
     add_finetune_flags,
     export_options,
     finetune_overrides,
-    olive_extras,
     refuse_export_flags,
     split_training_args,
 )
@@ -225,15 +224,9 @@ def run_export(options: dict[str, Any]) -> int:
 
 def run_adapter_command(command: str, options: dict[str, Any]) -> int:
     """`slmnb convert-adapters -a ADAPTER -o OUT` and `slmnb generate-adapter -m ONNX_DIR -o OUT`, as Olive's."""
-    from slmnb.olive.adapters import convert_adapters, generate_adapter
+    from slmnb.olive.adapters import adapter_command
 
-    options = olive_extras(options)
-    if command == "convert-adapters":
-        path = convert_adapters(options.pop("adapter_path"), options.pop("output_path"), **options)
-        print(f"Exported adapter weights to {path}")
-    else:
-        folder, adapter = generate_adapter(options.pop("model_name_or_path"), options.pop("output_path"), **options)
-        print(f"Base model with LoRA inputs in {folder}; its adapter is {adapter}")
+    print(adapter_command(command, options)[1])
     return 0
 
 
@@ -327,7 +320,6 @@ def olive_argv(argv: list[str]) -> tuple[list[str], dict[str, str]]:
 def run_olive(options: dict[str, Any]) -> int:
     """`slmnb run CONFIG`: an Olive run config trained with the progress bar, then exported as it asks."""
     from slmnb.config import read_config_file
-    from slmnb.errors import ConfigError
     from slmnb.olive.runconfig import describe, is_olive_config, read_olive_config
     from slmnb.training.states import RunState
 

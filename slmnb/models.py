@@ -34,6 +34,11 @@ def _built_folder(name: str) -> Path:
     return slmnb_home() / "models" / f"{name}-{_FORMAT}"
 
 
+def embedded_copy_of(hub_id: str) -> str | None:
+    """slmnb's name for the model it embeds a copy of, given that model's hub id (any case), or None."""
+    return next((name for name, hub in HUB_IDS.items() if hub.lower() == hub_id.lower()), None)
+
+
 def needs_building(name_or_path: str) -> bool:
     """Whether model_folder would first convert the embedded GGUF or build tiny-llama (tens of seconds, once)."""
     return name_or_path in (EMBEDDED_MODEL, TINY_MODEL) and not _built_folder(name_or_path).is_dir()
@@ -187,7 +192,7 @@ def _hub_model(model_id: str) -> str:
     except Exception:  # not in the local hub cache: only a reachable hub can help
         pass
     if os.environ.get("HF_HUB_OFFLINE") not in (None, "", "0") or not _hub_reachable():
-        embedded = next((name for name, hub in HUB_IDS.items() if hub.lower() == model_id.lower()), None)
+        embedded = embedded_copy_of(model_id)
         if embedded:
             raise ConfigError(f"Cannot download {model_id!r}: the Hugging Face Hub is not reachable from here, and "
                               f"slmnb embeds a copy of it: set model_name_or_path to {embedded}.")

@@ -14,8 +14,9 @@ from slmnb.cli import build_parser, main, olive_argv
 from slmnb.config import FinetuneConfig, load_config
 from slmnb.errors import ConfigError, SlmnbError
 from slmnb.notebook.parsing import parse_cell, parse_cell_line
-from slmnb.olive.flags import FINETUNE_REFUSED, export_options, olive_tokens, training_argument_names
+from slmnb.olive.flags import FINETUNE_REFUSED, export_options, olive_tokens
 from slmnb.options import FIELD_NAMES
+from slmnb.training.arguments import training_argument_names
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -19,7 +19,8 @@ from slmnb.config import FinetuneConfig
 from slmnb.data import load_data, select_split, with_default_templates
 from slmnb.datafiles import read_rows
 from slmnb.errors import ConfigError
-from slmnb.olive.writer import HUB_MODELS, olive_config_and_notes, to_olive_config, write_olive_config
+from slmnb.models import HUB_IDS
+from slmnb.olive.writer import olive_config_and_notes, to_olive_config, write_olive_config
 
 # Olive 0.13's schema, as its documentation and config classes define it (olive/workflows/run/config.py RunConfig
 # and the engine keys it gathers, olive/data/component/load_dataset.py huggingface_dataset, TextGenParams in
@@ -232,7 +233,7 @@ def test_embedded_model_is_its_hub_id_and_differences_are_noted() -> None:
     config = FinetuneConfig(data_name="tones", max_steps=3, early_stopping_patience=2, loss="my_loss.py:loss")
     values, notes = olive_config_and_notes(config)
     assert values["input_model"] == {"type": "HfModel", "model_path": "HuggingFaceTB/SmolLM2-135M-Instruct"}
-    assert HUB_MODELS["smollm2-135m-instruct"] == "HuggingFaceTB/SmolLM2-135M-Instruct"
+    assert HUB_IDS["smollm2-135m-instruct"] == "HuggingFaceTB/SmolLM2-135M-Instruct"
     text = " ".join(notes)
     for said in ("Q4_1", "early_stopping_patience 2", "loss my_loss.py:loss", "base_weights int4",
                  "generation-eval"):

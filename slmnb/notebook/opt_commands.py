@@ -8,7 +8,7 @@ from collections.abc import Callable
 from typing import Any
 
 from slmnb.errors import ConfigError
-from slmnb.olive.flags import add_adapter_options, add_export_flags, export_options, olive_extras, refuse_export_flags
+from slmnb.olive.flags import add_adapter_options, add_export_flags, export_options, refuse_export_flags
 from slmnb.options import OptionParser, add_compare_options, add_export_options
 
 USAGE = """%opt export RUN [--precision int4|int8|fp32] [--adapters switchable|merged] [-o DIR] [--wait]
@@ -94,35 +94,20 @@ def compare(args: list[str]) -> Any:
     return view
 
 
-def convert_adapters(args: list[str]) -> Any:
-    """Olive's convert-adapters: returns the .onnx_adapter's path."""
-    from slmnb.olive.adapters import convert_adapters as convert
+def adapter_command(command: str) -> Callable[[list[str]], Any]:
+    """Olive's convert-adapters (the .onnx_adapter's path) or generate-adapter (the base's folder and adapter)."""
+    def run(args: list[str]) -> Any:
+        from slmnb.olive.adapters import adapter_command as olive_command
 
-    def add(parser: argparse.ArgumentParser) -> None:
-        add_adapter_options(parser, "convert-adapters")
+        options = _parse(command, lambda parser: add_adapter_options(parser, command), args)
+        options.pop("wait")
+        result, line = olive_command(command, options)
+        print(line)
+        return result
 
-    options = _parse("convert-adapters", add, args)
-    options.pop("wait")
-    path = convert(options.pop("adapter_path"), options.pop("output_path"), **olive_extras(options))
-    print(f"Exported adapter weights to {path}")
-    return path
-
-
-def generate_adapter(args: list[str]) -> Any:
-    """Olive's generate-adapter: returns the switchable base model's folder and its adapter file."""
-    from slmnb.olive.adapters import generate_adapter as generate
-
-    def add(parser: argparse.ArgumentParser) -> None:
-        add_adapter_options(parser, "generate-adapter")
-
-    options = _parse("generate-adapter", add, args)
-    options.pop("wait")
-    folder, adapter = generate(options.pop("model_name_or_path"), options.pop("output_path"),
-                               **olive_extras(options))
-    print(f"Base model with LoRA inputs in {folder}; its adapter is {adapter}")
-    return folder, adapter
+    return run
 
 
 ROUTES: dict[str, Callable[[list[str]], Any]] = {
     "export": export, "auto-opt": export, "optimize": export, "adapters": adapters, "compare": compare,
-    "convert-adapters": convert_adapters, "generate-adapter": generate_adapter}
+    "convert-adapters": adapter_command("convert-adapters"), "generate-adapter": adapter_command("generate-adapter")}

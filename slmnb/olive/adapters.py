@@ -21,6 +21,19 @@ SUFFIX = ".onnx_adapter"
 ADAPTER_WEIGHTS = "adapter_weights" + SUFFIX  # the name Olive's ExtractAdapters gives the extracted weights
 
 
+def adapter_command(command: str, options: dict[str, Any]) -> tuple[Any, str]:
+    """convert-adapters or generate-adapter from the parsed options of `slmnb` or `%opt`: the result, and the line
+    that says what was written."""
+    from slmnb.olive.flags import olive_extras
+
+    options = olive_extras(dict(options))
+    if command == "convert-adapters":
+        path = convert_adapters(options.pop("adapter_path"), options.pop("output_path"), **options)
+        return path, f"Exported adapter weights to {path}"
+    folder, adapter = generate_adapter(options.pop("model_name_or_path"), options.pop("output_path"), **options)
+    return (folder, adapter), f"Base model with LoRA inputs in {folder}; its adapter is {adapter}"
+
+
 def check_format(adapter_format: str, dtype: str = "float32", quantize_int4: bool = False) -> None:
     """Olive's --adapter_format / --dtype / --quantize_int4: what the CPU base models take, or one sentence."""
     if adapter_format != "onnx_adapter":

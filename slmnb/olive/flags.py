@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import difflib
-import functools
 import re
 import shlex
 from typing import Any
@@ -19,6 +18,7 @@ from typing import Any
 from slmnb.checks import short_repr
 from slmnb.config import RESERVED_TRAINING_ARGS, unknown_key_message
 from slmnb.errors import ConfigError
+from slmnb.training.arguments import training_argument_names
 
 # `olive finetune ...`, `!olive finetune ...`, `$ olive finetune ...` at the start of a pasted line.
 _OLIVE_LINE = re.compile(r"^\s*(?:\$\s*|!\s*)?olive\s+(finetune|auto-opt|optimize|generate-adapter|"
@@ -210,19 +210,6 @@ def _is_number(text: str) -> bool:
     except ValueError:
         return False
     return True
-
-
-@functools.cache
-def training_argument_names() -> frozenset[str]:
-    """transformers.TrainingArguments' field names, read once (the import takes seconds)."""
-    from dataclasses import fields
-
-    from slmnb.models import quiet_libraries
-
-    quiet_libraries()  # transformers pulls in bitsandbytes, which warns about a kernel it cannot fetch offline
-    from transformers import TrainingArguments
-
-    return frozenset(f.name for f in fields(TrainingArguments) if f.init)
 
 
 # --- olive auto-opt / olive optimize ---------------------------------------------------------------------------

@@ -194,7 +194,7 @@ def _model(raw: Any, ignored: list[tuple[str, str]]) -> str:
 def _local_model(path: str, ignored: list[tuple[str, str]]) -> str:
     """A model slmnb can open here: its own names, a local folder, a hub id already in the local cache, or, offline,
     the hub id of the embedded model (Olive's SmolLM2 tutorials name it so), which becomes its embedded copy."""
-    from slmnb.models import EMBEDDED_MODEL, HUB_IDS, TINY_MODEL
+    from slmnb.models import EMBEDDED_MODEL, TINY_MODEL, embedded_copy_of
 
     if path in (EMBEDDED_MODEL, TINY_MODEL) or Path(path).expanduser().is_dir():
         return path
@@ -207,7 +207,7 @@ def _local_model(path: str, ignored: list[tuple[str, str]]) -> str:
             return path
         except Exception:  # not in the local hub cache, so it cannot be opened offline
             pass
-    embedded = next((name for name, hub in HUB_IDS.items() if hub.lower() == path.lower()), None)
+    embedded = embedded_copy_of(path)
     if offline and embedded:
         ignored.append(("input_model.model_path", f"{path} is on the Hugging Face Hub, which is offline here: slmnb "
                                                   f"trains its embedded copy, {embedded} (a Q4_1 GGUF dequantized, "

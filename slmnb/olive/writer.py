@@ -20,9 +20,6 @@ from slmnb.errors import ConfigError, SlmnbError
 from slmnb.models import HUB_IDS
 from slmnb.paths import write_text_atomic
 
-# slmnb's own model names as Olive (which reads the hub) finds them. The embedded model is this hub model's Q4_1
-# GGUF, dequantized: the hub's original weights differ from it by that rounding.
-HUB_MODELS = HUB_IDS
 DEFAULT_FILE = "olive-config.json"
 EXPORT_KEYS = {"precision": ("int4", "int8", "fp32"), "adapters": ("switchable", "merged")}
 SYSTEM = "local_system"
@@ -163,10 +160,10 @@ def _model_path(config: FinetuneConfig, trained_model: str | Path | None, notes:
                               "from a finished run (run.to_olive_config()), which starts from its trained model.")
         return str(Path(trained_model).resolve())
     name = config.model_name_or_path
-    if name in HUB_MODELS:
-        notes.append(f"{name} is {HUB_MODELS[name]} on the Hugging Face Hub; slmnb trains a Q4_1 copy of it "
+    if name in HUB_IDS:
+        notes.append(f"{name} is {HUB_IDS[name]} on the Hugging Face Hub; slmnb trains a Q4_1 copy of it "
                      "dequantized, so the weights differ by that rounding.")
-        return HUB_MODELS[name]
+        return HUB_IDS[name]
     if name == TINY_MODEL:
         notes.append(f"{TINY_MODEL} is slmnb's random test model, which is on no hub: the config names its folder "
                      "on this machine.")

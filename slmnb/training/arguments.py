@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -102,16 +104,26 @@ def _refused_in_a_sentence(build: Any, extra: dict[str, Any]) -> Any:
                           f"{', '.join(extra)}.") from None
 
 
+@functools.cache
+def training_argument_names() -> frozenset[str]:
+    """transformers.TrainingArguments' field names, read once (the import takes seconds)."""
+    from slmnb.models import quiet_libraries
+
+    quiet_libraries()  # transformers pulls in bitsandbytes, which warns about a kernel it cannot fetch offline
+    from transformers import TrainingArguments
+
+    return frozenset(f.name for f in dataclasses.fields(TrainingArguments) if f.init)
+
+
 def typed_training_args(extra: dict[str, Any]) -> dict[str, Any]:
     """training_args checked against TrainingArguments' fields, text turned into each field's type (a command line
     and Olive's JSON give '0.5' and 0.5 alike)."""
-    import dataclasses
     import difflib
     import typing
 
     from transformers import TrainingArguments
 
-    known = {f.name: f for f in dataclasses.fields(TrainingArguments) if f.init}
+    known = training_argument_names()
     hints = typing.get_type_hints(TrainingArguments)
     out: dict[str, Any] = {}
     for name, value in extra.items():
