@@ -51,11 +51,13 @@ test-slow: setup
 	$(BIN)/python -m pytest -m slow -s --timeout=1800
 
 # Olive's own config classes check every Olive run config slmnb writes (olive-config). olive-ai lives in its own
-# venv, never in slmnb's: installing it with accelerate, peft and datasets took 3 min 15 s here (torch included).
-OLIVE_VENV ?= /tmp/slmnb-olive-venv
+# venv, never in slmnb's, with the same pinned torch (installing took 2.5-3 min here); bench/bench_olive.py makes and
+# uses the same venv.
+OLIVE_VENV ?= $(CURDIR)/.cache/olive-venv
 test-olive: setup
 	test -x $(OLIVE_VENV)/bin/python || ($(PYTHON) -m venv $(OLIVE_VENV) && \
-		$(OLIVE_VENV)/bin/pip install --quiet olive-ai==0.13.0 requests accelerate peft datasets)
+		$(OLIVE_VENV)/bin/pip install --quiet -c constraints.txt torch && \
+		$(OLIVE_VENV)/bin/pip install --quiet -c constraints.txt olive-ai==0.13.0 requests accelerate peft datasets)
 	SLMNB_OLIVE_PYTHON=$(OLIVE_VENV)/bin/python $(BIN)/python -m pytest tests/test_olive_writer.py
 
 # JupyterLab on the teaching notebooks, with the extension; runs and exports land next to them.
@@ -64,6 +66,8 @@ lab: setup
 
 bench: setup
 	$(BIN)/python bench/bench_training.py
+	$(BIN)/python bench/bench_speed.py
+	$(BIN)/python bench/bench_olive.py --accuracy
 	$(BIN)/python bench/bench_kernel.py
 	$(BIN)/python bench/bench_eval.py
 	$(BIN)/python bench/bench_search.py

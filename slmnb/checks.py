@@ -92,7 +92,8 @@ def coerce_field(f: dataclasses.Field[Any], value: Any) -> Any:
     """Check one value against its field, turning the forms YAML and command lines produce into the field's type."""
     meta, name = f.metadata, f.name
     # Empty clears a field whose default is empty (`--max_steps ""`); a field with a default needs a real value.
-    empty = isinstance(value, str) and (value == "" if field_default(f) is None else not value.strip())
+    empty = isinstance(value, str) and (value == "" if field_default(f) is None else not value.strip()) \
+        and not meta.get("empty_is_a_value")
     if value is None or empty:
         if field_default(f) is None:
             return None

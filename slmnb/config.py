@@ -65,12 +65,16 @@ RESERVED_TRAINING_ARGS = {
 
 
 def _opt(default: Any, help: str, kind: str, *, choices: tuple[str, ...] | None = None,
-         low: float | None = None, high: float | None = None, low_open: bool = False, high_open: bool = False) -> Any:
-    """A config field: `kind` is str | int | float | bool | strs (a list of strings) | rows (a list of mappings)."""
+         low: float | None = None, high: float | None = None, low_open: bool = False, high_open: bool = False,
+         empty_is_a_value: bool = False) -> Any:
+    """A config field: `kind` is str | int | float | bool | strs (a list of strings) | rows (a list of mappings).
+
+    `empty_is_a_value`: "" is kept as "" instead of clearing the field to its default (None).
+    """
     if kind == "int" and high is None:
         high = MAX_INT
     meta = {"help": help, "kind": kind, "choices": choices, "low": low, "high": high, "low_open": low_open,
-            "high_open": high_open}
+            "high_open": high_open, "empty_is_a_value": empty_is_a_value}
     if isinstance(default, list):
         return field(default_factory=lambda: list(default), metadata=meta)
     return field(default=default, metadata=meta)
@@ -115,6 +119,10 @@ class FinetuneConfig:
     response_template: str | None = _opt(None, "Template of the answer, such as '{tone}'; loss on it only.", "str")
     use_chat_template: bool = _opt(
         False, "Render prompt and response as user and assistant messages with the tokenizer's chat template.", "bool")
+    system_prompt: str | None = _opt(
+        None, "The system message before every prompt of a chat-template run, the same in training, evaluation, "
+        "comparison and export: \"\" sends an empty one; unset (null) keeps the chat template's own default, "
+        "which for SmolLM2 is 16 more tokens on every row.", "str", empty_is_a_value=True)
     # training
     learning_rate: float | None = _opt(
         None, "Peak learning rate; empty means 3e-3 for lora and qlora, 2e-5 for full fine-tuning.", "float", low=0.0)
@@ -199,6 +207,9 @@ class FinetuneConfig:
         if self.use_chat_template and self.text_template:
             raise ConfigError("use_chat_template needs prompt_template and response_template instead of "
                               "text_template, so the prompt becomes the user message and the response the answer.")
+        if self.system_prompt is not None and not self.use_chat_template:
+            raise ConfigError("system_prompt is the chat template's system message: set use_chat_template: true, or "
+                              "write the instruction into prompt_template.")
         if self.base_weights == "int4" and self.method != "lora":
             raise ConfigError(f"base_weights int4 is for method lora: {self.method} "
                               + ("trains on its own 4-bit base" if self.method == "qlora" else "changes every weight")

@@ -224,12 +224,31 @@ def prompt_ids(config: FinetuneConfig, tokenizer: Any, row: dict[str, Any] | str
               render(config.response_template or "", example, "response_template")) for example in examples]
     prompt = render(config.prompt_template or "", row, "prompt_template")
     if config.use_chat_template:
-        messages = [{"role": role, "content": text} for turn in turns
-                    for role, text in zip(("user", "assistant"), turn, strict=True)]
-        text = tokenizer.apply_chat_template([*messages, {"role": "user", "content": prompt}], tokenize=False,
-                                             add_generation_prompt=True)
+        messages = [*system_message(config), *({"role": role, "content": text} for turn in turns
+                                               for role, text in zip(("user", "assistant"), turn, strict=True))]
+        text = chat_text(tokenizer, [*messages, {"role": "user", "content": prompt}], add_generation_prompt=True)
         return tokenizer(text, add_special_tokens=False)["input_ids"]
     return tokenizer("".join(p + r + "\n\n" for p, r in turns) + prompt)["input_ids"]
+
+
+def system_message(config: FinetuneConfig) -> list[dict[str, str]]:
+    """The chat's system turn: none when system_prompt is empty, so the template's own default (if any) applies."""
+    return [] if config.system_prompt is None else [{"role": "system", "content": config.system_prompt}]
+
+
+def chat_text(tokenizer: Any, messages: list[dict[str, str]], add_generation_prompt: bool = False) -> str:
+    """The chat template's text for these messages; a template that refuses them (some take no system turn) is one
+    sentence."""
+    from jinja2 import TemplateError
+
+    try:
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+    except TemplateError as exc:
+        if messages[0]["role"] == "system":
+            raise ConfigError(f"This tokenizer's chat template refuses a system message ({exc}): leave "
+                              "system_prompt empty, or put the instruction into prompt_template.") from None
+        raise ConfigError(f"This tokenizer's chat template cannot render a prompt and its answer ({exc}): set "
+                          "use_chat_template: false and write the format into the templates.") from None
 
 
 def encode(config: FinetuneConfig, tokenizer: Any, row: dict[str, Any]) -> dict[str, list[int]]:
@@ -242,9 +261,9 @@ def encode(config: FinetuneConfig, tokenizer: Any, row: dict[str, Any]) -> dict[
         response = render(config.response_template or "", row, "response_template")
         if config.use_chat_template:
             user = render(config.prompt_template or "", row, "prompt_template")
-            messages = [{"role": "user", "content": user}, {"role": "assistant", "content": response}]
-            full = tokenizer.apply_chat_template(messages, tokenize=False)
-            head = tokenizer.apply_chat_template(messages[:1], tokenize=False, add_generation_prompt=True)
+            messages = [*system_message(config), {"role": "user", "content": user}]
+            full = chat_text(tokenizer, [*messages, {"role": "assistant", "content": response}])
+            head = chat_text(tokenizer, messages, add_generation_prompt=True)
             if not full.startswith(head):
                 raise ConfigError("This tokenizer's chat template does not start the conversation with the "
                                   "prompt alone: set use_chat_template: false and write the format into the templates.")

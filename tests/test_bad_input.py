@@ -67,7 +67,8 @@ CHOICES = {"method": ("lora", "qlora", "full"), "precision": ("auto", "bf16", "f
            "lr_scheduler_type": ("linear", "cosine", "cosine_with_restarts", "cosine_with_min_lr", "polynomial",
                                  "constant", "constant_with_warmup", "inverse_sqrt", "warmup_stable_decay")}
 TEXT_FIELDS = ("model_name_or_path", "train_split", "name", "prompt_template", "response_template", "method",
-               "precision", "lr_scheduler_type", "base_weights", "metric_for_best_model", "loss", "task_name")
+               "precision", "lr_scheduler_type", "base_weights", "metric_for_best_model", "loss", "task_name",
+               "system_prompt")
 BOOL_FIELDS = ("use_chat_template", "gradient_checkpointing", "load_best_model_at_end")
 LIST_FIELDS = ("target_modules", "data_files", "metrics")
 FIELD_NAMES = (*INT_BOUNDS, *FLOAT_BOUNDS, *TEXT_FIELDS, *BOOL_FIELDS, *LIST_FIELDS, "data_name", "rows",
@@ -278,6 +279,7 @@ combinations = st.sampled_from([
     Break("response without prompt", remove=("prompt_template",)),
     Break("chat template with a text template", set={"use_chat_template": True, "text_template": "{phrase} {tone}"},
           remove=("prompt_template", "response_template")),
+    Break("a system prompt without the chat template", set={"system_prompt": "Be brief."}),
     Break("an int4 base for qlora", set={"method": "qlora", "base_weights": "int4"}),
     Break("an int4 base for full fine-tuning", set={"method": "full", "base_weights": "int4"}),
     Break("no data", remove=("rows",)),

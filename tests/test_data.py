@@ -7,7 +7,7 @@ from collections import Counter
 import pytest
 
 from slmnb.config import FinetuneConfig
-from slmnb.data import encode, load_data, preview, select_split, with_default_templates
+from slmnb.data import encode, load_data, preview, prompt_ids, select_split, with_default_templates
 from slmnb.datafiles import read_splits
 from slmnb.errors import ConfigError
 from slmnb.models import load_tokenizer
@@ -168,6 +168,50 @@ def test_chat_template_puts_prompt_and_answer_in_turns(tokenizer) -> None:
     answer = tokenizer.decode(enc["input_ids"][n_prompt:])
     assert prompt.endswith("<|im_start|>user\nI lost my keys<|im_end|>\n<|im_start|>assistant\n")
     assert answer == "Sad<|im_end|>\n"
+
+
+@pytest.mark.parametrize("system_prompt", [None, "", "Name the tone in one word."])
+def test_system_prompt_is_rendered_alike_in_training_and_prompts(tokenizer, system_prompt) -> None:
+    chat = config(use_chat_template=True, system_prompt=system_prompt)
+    row = {"phrase": "I lost my keys", "tone": "Sad"}
+    enc = encode(chat, tokenizer, row)
+    n_prompt = enc["labels"].count(-100)
+    # What generation, evaluation and the ONNX comparison send is exactly what training put before the answer.
+    assert prompt_ids(chat, tokenizer, row) == enc["input_ids"][:n_prompt]
+    assert prompt_ids(chat, tokenizer, "I lost my keys") == enc["input_ids"][:n_prompt]
+    prompt = tokenizer.decode(enc["input_ids"][:n_prompt])
+    default = "You are a helpful AI assistant named SmolLM"  # SmolLM2's template adds it when no system turn is given
+    if system_prompt is None:
+        assert default in prompt
+    else:
+        assert default not in prompt
+        assert prompt.startswith(f"<|im_start|>system\n{system_prompt}<|im_end|>\n<|im_start|>user\nI lost my keys")
+    if system_prompt == "":
+        assert n_prompt < len(prompt_ids(config(use_chat_template=True), tokenizer, row)) - 10
+    shots = tokenizer.decode(prompt_ids(chat, tokenizer, row, examples=[row]))
+    assert shots.count("<|im_start|>system") == 1 and shots.count("<|im_start|>user") == 2
+
+
+def test_system_prompt_needs_a_chat_template_and_keeps_empty_text() -> None:
+    assert FinetuneConfig.from_text('use_chat_template: true\nsystem_prompt: ""').system_prompt == ""
+    assert FinetuneConfig.from_text("use_chat_template: true\nsystem_prompt:").system_prompt is None
+    with pytest.raises(ConfigError, match="^system_prompt is the chat template's system message: set "
+                                          "use_chat_template: true"):
+        FinetuneConfig(prompt_template="{phrase}", response_template="{tone}", system_prompt="Be brief.")
+
+
+def test_a_chat_template_without_a_system_turn_is_one_sentence(tokenizer) -> None:
+    import copy
+
+    strict = copy.deepcopy(tokenizer)
+    strict.chat_template = ("{% if messages[0]['role'] == 'system' %}"
+                            "{{ raise_exception('System role not supported') }}{% endif %}"
+                            "{% for m in messages %}{{ m['role'] + ': ' + m['content'] + '\n' }}{% endfor %}")
+    row = {"phrase": "I lost my keys", "tone": "Sad"}
+    assert encode(config(use_chat_template=True), strict, row)["input_ids"]
+    with pytest.raises(ConfigError, match=r"^This tokenizer's chat template refuses a system message \(System role "
+                                          r"not supported\): leave system_prompt empty"):
+        encode(config(use_chat_template=True, system_prompt=""), strict, row)
 
 
 def test_text_template_takes_loss_on_all_text_and_truncates(tokenizer) -> None:

@@ -31,8 +31,8 @@ CELL_MIME = "application/vnd.slmnb.cell+json"  # the lab extension inserts this 
 TEMPLATES = ("prompt_template", "response_template", "text_template")
 PREVIEW_ROWS = 3
 # What the demo job sets because of its data: a config that brings its own data does not inherit them (a chat
-# template and 96 tokens suit the tones phrases, not the user's rows).
-DATA_BOUND = ("data_name", "use_chat_template", "max_seq_len")
+# template, its empty system message and 96 tokens suit the tones phrases, not the user's rows).
+DATA_BOUND = ("data_name", "use_chat_template", "system_prompt", "max_seq_len")
 ERROR_COLOUR, WARNING_COLOUR = "#c62828", "#a15c00"
 
 
@@ -69,6 +69,7 @@ def on_demo(values: Mapping[str, Any]) -> FinetuneConfig:
         base = {key: value for key, value in base.items() if key not in DATA_BOUND}
     if values.get("text_template") and "use_chat_template" not in values:
         base.pop("use_chat_template", None)  # a chat template needs a prompt and a response, not one text
+        base.pop("system_prompt", None)
     return FinetuneConfig.from_dict({**base, **values})
 
 
@@ -168,6 +169,8 @@ class ConfigForm:
         return self._config(self.values())
 
     def _config(self, values: dict[str, Any]) -> FinetuneConfig:
+        if not values.get("use_chat_template", self._base.use_chat_template):
+            values = {**values, "system_prompt": None}  # the system message goes with the chat template (no box)
         if not (values.get("data_name") or values.get("data_files")) and self._base.rows:
             return self._base.replace(**values)  # inline rows from the config it was opened with
         return self._base.replace(rows=None, **values)

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from slmnb.config import FinetuneConfig
-from slmnb.data import Data, load_data, render, with_default_templates
+from slmnb.data import Data, load_data, render, system_message, with_default_templates
 from slmnb.errors import ConfigError, SlmnbError
 from slmnb.models import HUB_IDS
 from slmnb.paths import write_text_atomic
@@ -210,7 +210,8 @@ def _data_config(name: str, config: FinetuneConfig, data_file: str, split: str,
 
 
 def _messages(config: FinetuneConfig, row: dict[str, Any]) -> list[dict[str, str]]:
-    return [{"role": "user", "content": render(config.prompt_template or "", row, "prompt_template")},
+    return [*system_message(config),
+            {"role": "user", "content": render(config.prompt_template or "", row, "prompt_template")},
             {"role": "assistant", "content": render(config.response_template or "", row, "response_template")}]
 
 
