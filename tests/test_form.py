@@ -122,6 +122,8 @@ def test_own_data_on_the_demo_job_drops_what_suits_only_the_demo_data(workdir: P
     chat = slmnb.form("data_files: mine.jsonl\nprompt_template: '{question}'\nresponse_template: '{answer}'\n"
                       "use_chat_template: true\nsystem_prompt: Answer briefly.").config
     assert (chat.use_chat_template, chat.system_prompt) == (True, "Answer briefly.")
+    plain = slmnb.form("use_chat_template: false").config  # the demo's data without its chat template
+    assert (plain.data_name, plain.use_chat_template, plain.system_prompt) == ("tones", False, None)
     demo = slmnb.form()
     demo.fields["use_chat_template"].value = False  # the demo's empty system message has no box of its own
     assert (demo.config.use_chat_template, demo.config.system_prompt) == (False, None)

@@ -69,7 +69,8 @@ def on_demo(values: Mapping[str, Any]) -> FinetuneConfig:
         base = {key: value for key, value in base.items() if key not in DATA_BOUND}
     if values.get("text_template") and "use_chat_template" not in values:
         base.pop("use_chat_template", None)  # a chat template needs a prompt and a response, not one text
-        base.pop("system_prompt", None)
+    if not values.get("use_chat_template", base.get("use_chat_template")):
+        base.pop("system_prompt", None)  # the demo's system message goes with its chat template
     return FinetuneConfig.from_dict({**base, **values})
 
 
