@@ -4,12 +4,13 @@ A real ipykernel is started with jupyter_client, as JupyterLab would, and the ke
 (RSS, from /proc through psutil) is sampled every 50 ms from this process. Each scenario gets a fresh kernel:
 
 - default: the quickstart notebook's training cell (the demo job, slmnb.demo.DEMO_CONFIG: embedded model, tones,
-  LoRA all-linear r=16, 4 rows at a time accumulated to 16 per step, max_seq_len 96) with its live dashboard, then
+  LoRA all-linear r=16 on the top 15 layers, 8 rows at a time accumulated to 16 per step, max_seq_len 96) with its
+  live dashboard, then
   `run.wait()`; then a second run of the same cell in the same kernel, then a resume of the first run for a few more
   steps. Peak RSS during each, and the RSS once each has ended (the kernel idle, a settled reading): a run that has
   ended should leave nothing behind.
-- batch16, halves: the same cell with the 16 rows of a step taken at once, or as two of 8: its peak.
-- low_memory: the same cell with the low-memory setting the README documents (the demo job plus gradient
+- batch16, quarters: the same cell with the 16 rows of a step taken at once, or as four of 4: its peak.
+- low_memory: the same cell with the low-memory setting the README documents (four of 4 rows, and gradient
   checkpointing): its peak.
 
 max_steps is capped (see STEPS), with an evaluation every half of it: the peak comes with the first optimizer step,
@@ -42,9 +43,9 @@ QUICKSTART = dict(DEMO_CONFIG)
 # Other settings of the same job, each in a fresh kernel (peak only). All keep 16 rows per optimizer step.
 SETTINGS = {
     "batch16": {"per_device_train_batch_size": 16, "gradient_accumulation_steps": 1},
-    "halves": {"per_device_train_batch_size": 8, "gradient_accumulation_steps": 2},
-    # The low-memory setting the README documents: activations recomputed in the backward pass.
-    "low_memory": {"gradient_checkpointing": True},
+    "quarters": {"per_device_train_batch_size": 4, "gradient_accumulation_steps": 4},
+    # The low-memory setting the README documents: 4 rows at a time, activations recomputed in the backward pass.
+    "low_memory": {"per_device_train_batch_size": 4, "gradient_accumulation_steps": 4, "gradient_checkpointing": True},
 }
 STEPS = 4  # with evaluations at steps 2 and 4: the peak comes with the first step, later steps repeat it
 RESUME_STEPS = 2  # steps the resume adds

@@ -74,7 +74,7 @@ def _init_with_stamps(self, *args, **kwargs):
     # What Olive trains, as the Trainer got it: the LoRA settings, the weights' dtypes, the sequence lengths.
     lora = self.model.peft_config["default"]
     seen.update(lora_r=lora.r, lora_alpha=lora.lora_alpha, lora_dropout=lora.lora_dropout,
-                target_modules=sorted(lora.target_modules),
+                target_modules=sorted(lora.target_modules), layers_to_transform=lora.layers_to_transform,
                 dtypes=sorted({str(p.dtype) for p in self.model.parameters()}),
                 trainable_dtypes=sorted({str(p.dtype) for p in self.model.parameters() if p.requires_grad}),
                 train_sequences=len(self.train_dataset),
@@ -296,6 +296,8 @@ def olive_choices(job: dict[str, Any], olive_job: OliveJob, olive: dict[str, Any
         f"lr schedule {args.get('lr_scheduler_type')}, warmup_steps {args.get('warmup_steps')}, warmup_ratio "
         f"{args.get('warmup_ratio')} (slmnb: {config.lr_scheduler_type}, warmup_ratio {config.warmup_ratio})",
         f"lora_dropout {seen['lora_dropout']} (the CLI has no flag for it; slmnb: {config.lora_dropout})",
+        f"layers adapted: {seen.get('layers_to_transform') or 'every layer'} (the CLI has no flag for "
+        f"layers_to_transform, which Olive's run config takes; slmnb: {config.layers_to_transform or 'every layer'})",
         f"optimizer {args.get('optim')}, weight_decay {args.get('weight_decay')} (slmnb: weight_decay "
         f"{config.weight_decay})",
         f"--torch_dtype {TORCH_DTYPES[precision]}: weights {', '.join(seen['dtypes'])}, LoRA weights "
@@ -341,7 +343,8 @@ def parse_args() -> argparse.Namespace:
                         help="default: what slmnb's precision auto picks on this machine")
     parser.add_argument("--accuracy", action="store_true", help="also train each for --eval-steps-total steps and "
                         "score the test split")
-    parser.add_argument("--eval-steps-total", type=int, default=60, help="steps of the accuracy runs (default 60)")
+    parser.add_argument("--eval-steps-total", type=int, default=None,
+                        help="steps of the accuracy runs (default: the job's max_steps)")
     parser.add_argument("--olive-venv", type=Path, default=ROOT / ".cache" / "olive-venv")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "olive.json")
     return parser.parse_args()
@@ -378,8 +381,8 @@ def main() -> None:
                                                                   Path("OUT")))
     result["versions"] = {"slmnb_venv": slmnb_versions(), "olive_venv": olive_versions(python)}
     if options.accuracy:
-        result["accuracy"] = accuracy_runs(options.eval_steps_total, job, precision, python, model_dir, olive_job,
-                                           work)
+        steps = options.eval_steps_total or job["max_steps"]
+        result["accuracy"] = accuracy_runs(steps, job, precision, python, model_dir, olive_job, work)
     result["load_average_1m"] = {"before": load_before, "after": os.getloadavg()[0]}
     # Last: the matmul peaks run on this (main) thread, and nothing of them should linger into a timed run.
     result["machine"] = machine()

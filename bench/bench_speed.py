@@ -61,7 +61,7 @@ def run_child(precision: str, seed: int) -> dict[str, Any]:
     run.wait()
     wall = time.perf_counter() - start
     accuracy = run.evaluate("test", metrics="accuracy", progress=False).scores["accuracy"]
-    # Five of the 59 gaps also hold an evaluation (the sixth follows the last step): the median leaves them out.
+    # A few gaps also hold an evaluation (every eval_steps; the last follows the last step): the median leaves them out.
     steps = [b - a for a, b in pairwise(stamps)]
     return {"precision": precision, "seed": seed, "steps": run.step, "finetune_s": wall,
             "first_step_s": stamps[0] - start, "median_s_per_step": statistics.median(steps),

@@ -119,6 +119,8 @@ def coerce_field(f: dataclasses.Field[Any], value: Any) -> Any:
         if name == "target_modules" and list(value) == ["all-linear"]:
             return "all-linear"
         return list(value) or None
+    if kind == "layers":
+        return _layers(name, value)
     if kind == "rows":
         return _rows(name, value)
     if kind == "args":
@@ -152,6 +154,55 @@ def _text(name: str, value: Any, choices: tuple[str, ...] | None) -> str:
     if name in TEMPLATES:
         template_columns(value, name)
     return value
+
+
+# More layers than any model has: a number past it is a typo (and keeps a range from building a huge list).
+MAX_LAYER = 9999
+
+
+def _layers(name: str, value: Any) -> str | None:
+    """Layer numbers, given as a list, one number or text with ranges (`15-29`, `0, 2, 4-7`), kept as that text in
+    its shortest spelling: a config shows `15-29`, not fifteen numbers."""
+    wrong = ConfigError(f"{name} must be layer numbers counted from 0, such as 15-29 or 0, 2, 4-7, got "
+                        f"{short_repr(value)}.")
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = [value]
+    picked: set[int] = set()
+    if isinstance(value, str):
+        for part in value.split(","):
+            match = re.fullmatch(r"([0-9]{1,4}) *(?:- *([0-9]{1,4}))?", part.strip())
+            if not match or (match.group(2) and int(match.group(2)) < int(match.group(1))):
+                raise wrong
+            picked.update(range(int(match.group(1)), int(match.group(2) or match.group(1)) + 1))
+    elif isinstance(value, list | tuple):
+        if not all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= MAX_LAYER for v in value):
+            raise wrong
+        picked.update(value)
+    else:
+        raise wrong
+    if any(n > MAX_LAYER for n in picked):
+        raise wrong
+    return layer_text(sorted(picked)) or None
+
+
+def layer_text(sorted_numbers: list[int]) -> str:
+    """Sorted layer numbers as ranges: [0, 2, 3, 4] -> '0, 2-4'."""
+    runs: list[list[int]] = []
+    for n in sorted_numbers:
+        if runs and n == runs[-1][1] + 1:
+            runs[-1][1] = n
+        else:
+            runs.append([n, n])
+    return ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in runs)
+
+
+def layer_numbers(text: str) -> list[int]:
+    """The layer numbers a checked layers_to_transform text names, in order."""
+    found: list[int] = []
+    for part in text.split(","):
+        first, _, last = part.strip().partition("-")
+        found.extend(range(int(first), int(last or first) + 1))
+    return found
 
 
 def _rows(name: str, value: Any) -> list[dict[str, Any]]:

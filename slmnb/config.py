@@ -67,7 +67,8 @@ RESERVED_TRAINING_ARGS = {
 def _opt(default: Any, help: str, kind: str, *, choices: tuple[str, ...] | None = None,
          low: float | None = None, high: float | None = None, low_open: bool = False, high_open: bool = False,
          empty_is_a_value: bool = False) -> Any:
-    """A config field: `kind` is str | int | float | bool | strs (a list of strings) | rows (a list of mappings).
+    """A config field: `kind` is str | int | float | bool | strs (a list of strings) | layers (layer numbers, as text
+    such as 15-29) | rows (a list of mappings).
 
     `empty_is_a_value`: "" is kept as "" instead of clearing the field to its default (None).
     """
@@ -95,6 +96,10 @@ class FinetuneConfig:
     target_modules: list[str] | None = _opt(
         None, "Modules that get LoRA weights: a list such as [q_proj, v_proj], or all-linear (what empty means).",
         "strs")
+    layers_to_transform: str | None = _opt(
+        None, "The layers that get LoRA weights, counted from 0, such as 15-29 (Olive's and peft's name); empty means "
+        "every layer. Adapting only the top layers spares the backward pass through the layers below them.",
+        "layers")
     base_weights: str = _opt(
         "auto", "The base weights LoRA trains on: int4 (as the default int4 ONNX export stores them, so the export "
         "answers as the fine-tune does), original, or auto (int4 for lora, original for qlora and full).", "str",
@@ -210,6 +215,9 @@ class FinetuneConfig:
         if self.system_prompt is not None and not self.use_chat_template:
             raise ConfigError("system_prompt is the chat template's system message: set use_chat_template: true, or "
                               "write the instruction into prompt_template.")
+        if self.layers_to_transform and self.method == "full":
+            raise ConfigError("layers_to_transform picks the layers LoRA adapts, and full fine-tuning trains every "
+                              "weight: leave it empty, or use method lora.")
         if self.base_weights == "int4" and self.method != "lora":
             raise ConfigError(f"base_weights int4 is for method lora: {self.method} "
                               + ("trains on its own 4-bit base" if self.method == "qlora" else "changes every weight")

@@ -72,7 +72,7 @@ TEXT_FIELDS = ("model_name_or_path", "train_split", "name", "prompt_template", "
 BOOL_FIELDS = ("use_chat_template", "gradient_checkpointing", "load_best_model_at_end")
 LIST_FIELDS = ("target_modules", "data_files", "metrics")
 FIELD_NAMES = (*INT_BOUNDS, *FLOAT_BOUNDS, *TEXT_FIELDS, *BOOL_FIELDS, *LIST_FIELDS, "data_name", "rows",
-               "eval_split", "text_template", "output_dir", "training_args")
+               "eval_split", "text_template", "output_dir", "training_args", "layers_to_transform")
 
 
 # --- the valid base, and one thing broken ---------------------------------------------------------------
@@ -165,7 +165,8 @@ def bad_numbers(draw: st.DrawFn) -> Break:
 
 @st.composite
 def bad_types(draw: st.DrawFn) -> Break:
-    name = draw(st.sampled_from([*TEXT_FIELDS, *BOOL_FIELDS, *LIST_FIELDS, "rows", "data_name", "eval_split"]))
+    name = draw(st.sampled_from([*TEXT_FIELDS, *BOOL_FIELDS, *LIST_FIELDS, "rows", "data_name", "eval_split",
+                                 "layers_to_transform"]))
     if name in BOOL_FIELDS:
         value = draw(st.one_of(st.integers(), st.floats(allow_nan=False), wrong_shapes,
                                st.text(min_size=1, max_size=8).filter(
@@ -173,6 +174,15 @@ def bad_types(draw: st.DrawFn) -> Break:
     elif name in LIST_FIELDS:
         value = draw(st.one_of(st.integers(), st.dictionaries(identifiers, st.integers(), min_size=1, max_size=2),
                                st.lists(st.integers(), min_size=1, max_size=3), st.booleans()))
+    elif name == "layers_to_transform":  # layer numbers: a list, one number, or text such as 15-29
+        value = draw(st.one_of(
+            st.integers(max_value=-1), st.integers(min_value=10_000), st.floats(allow_nan=False), st.booleans(),
+            st.lists(st.one_of(st.integers(max_value=-1), st.booleans(), st.text(max_size=3), st.floats()),
+                     min_size=1, max_size=3),
+            st.sampled_from(["29-15", "-3", "1-", "-", "a-b", "1..4", "1,,2", "15 29", "0x10", "1e3", "\u0661", "99999",
+                             "0-99999"]),
+            st.text(alphabet="0123456789-, ;x", min_size=1, max_size=8).filter(_not_layer_text),
+            st.dictionaries(identifiers, st.integers(), min_size=1, max_size=2)))
     elif name == "rows":
         value = draw(st.one_of(st.text(min_size=1, max_size=8), st.integers(),
                                st.lists(st.one_of(st.integers(), st.text(), st.lists(st.integers())),
@@ -182,6 +192,14 @@ def bad_types(draw: st.DrawFn) -> Break:
     else:
         value = draw(st.one_of(wrong_shapes, st.booleans(), st.just(math.nan), st.just(math.inf)))
     return Break(f"{name}: {type(value).__name__}", set={name: value})
+
+
+def _not_layer_text(text: str) -> bool:
+    """Not layer numbers and ranges (such as '15-29, 31') nor empty (which clears the field)."""
+    parts = text.split(",")
+    return bool(text.strip()) and not all(re.fullmatch(r"[0-9]{1,4} *(- *[0-9]{1,4})?", p.strip()) and
+                                          (len(p.split("-")) == 1 or int(p.split("-")[0]) <= int(p.split("-")[1]))
+                                          for p in parts)
 
 
 @st.composite
@@ -280,6 +298,8 @@ combinations = st.sampled_from([
     Break("chat template with a text template", set={"use_chat_template": True, "text_template": "{phrase} {tone}"},
           remove=("prompt_template", "response_template")),
     Break("a system prompt without the chat template", set={"system_prompt": "Be brief."}),
+    Break("layers for full fine-tuning", set={"method": "full", "layers_to_transform": "0-1"}),
+    Break("a layer the model lacks", set={"layers_to_transform": "1-9"}),
     Break("an int4 base for qlora", set={"method": "qlora", "base_weights": "int4"}),
     Break("an int4 base for full fine-tuning", set={"method": "full", "base_weights": "int4"}),
     Break("no data", remove=("rows",)),

@@ -53,8 +53,10 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     nb = json.loads(quickstart.read_text(encoding="utf-8"))
     training = next(c for c in nb["cells"] if "".join(c["source"]).startswith("%%finetune --name"))
     # Trains until a test stops it, evaluating often: a run stopped early still has perplexity points to show.
-    source = "".join(training["source"]).replace("max_steps: 60", "max_steps: 100000")
-    training["source"] = source.replace("eval_steps: 10", "eval_steps: 2")
+    source, steps = re.subn(r"(?m)^max_steps: \d+$", "max_steps: 100000", "".join(training["source"]))
+    source, evals = re.subn(r"(?m)^eval_steps: \d+$", "eval_steps: 2", source)
+    assert steps == evals == 1, "the quickstart's training cell no longer sets max_steps and eval_steps"
+    training["source"] = source
     quickstart.write_text(json.dumps(nb), encoding="utf-8")
 
     env = {**os.environ, "SLMNB_MODEL": "tiny-llama", "HF_HUB_OFFLINE": "1"}

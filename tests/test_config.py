@@ -393,3 +393,25 @@ def test_validating_metrics_imports_nothing_heavy() -> None:
             "metric_for_best_model='rougeL'); print([m for m in ('torch', 'evaluate', 'datasets', 'transformers') "
             "if m in sys.modules])")
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout == "[]\n"
+
+
+@pytest.mark.parametrize(("given", "kept"), [
+    ("15-29", "15-29"), (list(range(15, 30)), "15-29"), (3, "3"), ("4-7, 0,2", "0, 2, 4-7"), ([2, 1, 1], "1-2"),
+    ("5 - 6", "5-6"), ("", None), ([], None)])
+def test_layers_to_transform_is_kept_as_its_shortest_text(given: object, kept: str | None) -> None:
+    config = FinetuneConfig.from_dict({"layers_to_transform": given})
+    assert config.layers_to_transform == kept
+    assert FinetuneConfig.from_text(config.to_yaml()) == config  # what a run folder's config.yaml reads back
+
+
+@pytest.mark.parametrize("given", ["29-15", "-1", "1-", "a", "1..4", "15 29", "99999", True, 1.5, [1, "2"], [-1],
+                                   {"a": 1}])
+def test_layers_to_transform_that_are_not_layer_numbers_are_one_sentence(given: object) -> None:
+    with pytest.raises(ConfigError, match=r"^layers_to_transform must be layer numbers counted from 0, such as "
+                                          r"15-29 or 0, 2, 4-7, got .*\.$"):
+        FinetuneConfig.from_dict({"layers_to_transform": given})
+
+
+def test_layers_to_transform_is_for_lora() -> None:
+    with pytest.raises(ConfigError, match="full fine-tuning trains every weight: leave it empty, or use method lora"):
+        FinetuneConfig(method="full", layers_to_transform="0-3")

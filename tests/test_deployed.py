@@ -237,6 +237,31 @@ def test_the_base_is_built_once_and_a_half_built_one_is_ignored(tmp_path: Path,
     assert "model.layers.1.mlp.down_proj.weight" in deployed_weights(hf_dir)
 
 
+def test_the_weights_read_back_are_kept_and_a_damaged_copy_is_read_again(tmp_path: Path,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """Reading model.onnx again took 3 s of every run's start on the embedded model: the weights are kept beside it,
+    with the tie of a tied output layer, and a copy that cannot be read is replaced, never used."""
+    import torch
+
+    from slmnb.opt import deployed
+
+    hf_dir = model_folder("tiny-llama")
+    monkeypatch.setenv("SLMNB_HOME", str(tmp_path))
+    for precision in ("int4", "int8"):
+        first = deployed_weights(hf_dir, precision)
+        kept = deployed_folder(hf_dir, precision) / deployed.WEIGHTS
+        assert kept.is_file() and not list(kept.parent.glob(".*tmp-*"))
+        with monkeypatch.context() as m:
+            m.setattr(deployed, "onnx_matrices", lambda *a, **k: pytest.fail("model.onnx was read again"))
+            again = deployed_weights(hf_dir, precision)
+        assert again.keys() == first.keys() and all(torch.equal(again[k], first[k]) for k in first)
+        tied = again["lm_head.weight"] is again["model.embed_tokens.weight"]
+        assert tied == (precision == "int4")  # int8 keeps a float embedding beside its int8 output layer
+        kept.write_bytes(kept.read_bytes()[:1000])  # cut short, as by a full disk
+        damaged = deployed_weights(hf_dir, precision)
+        assert all(torch.equal(damaged[k], first[k]) for k in first) and kept.stat().st_size > 1000
+
+
 @pytest.mark.slow
 def test_the_embedded_model_on_its_deployed_weights_computes_the_onnx_int4_base() -> None:
     import json

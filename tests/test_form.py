@@ -104,8 +104,8 @@ def test_the_magic_and_slmnb_form_open_the_same_demo_job(ip, comms: list) -> Non
     # Values as a person writes them, in the boxes and in the cell text.
     fields = by_magic.fields
     shown = [fields[k].value for k in ("learning_rate", "max_steps", "lora_r", "lora_alpha", "lora_dropout")]
-    assert shown == ["0.003", "60", "16", "32", "0"]
-    assert "learning_rate: 0.003\n" in by_magic.cell_text and "max_steps: 60\n" in by_magic.cell_text
+    assert shown == ["0.002", "40", "16", "32", "0"]
+    assert "learning_rate: 0.002\n" in by_magic.cell_text and "max_steps: 40\n" in by_magic.cell_text
     assert not any(flag.value for flag in by_magic.flags.values()) and not by_magic.start_button.disabled
 
 
@@ -116,7 +116,7 @@ def test_own_data_on_the_demo_job_drops_what_suits_only_the_demo_data(workdir: P
     assert (config.data_files, config.data_name, config.use_chat_template) == (["mine.jsonl"], None, False)
     assert config.system_prompt is None  # the demo's empty system message goes with its chat template
     assert config.max_seq_len == FinetuneConfig().max_seq_len  # 96 fits the tones phrases, not any data
-    assert (config.learning_rate, config.max_steps, config.lora_r) == (3e-3, 60, 16)  # the demo's training
+    assert (config.learning_rate, config.max_steps, config.lora_r) == (2e-3, 40, 16)  # the demo's training
     text = slmnb.form("text_template: '{phrase} -> {tone}'").config
     assert (text.use_chat_template, text.system_prompt) == (False, None)
     chat = slmnb.form("data_files: mine.jsonl\nprompt_template: '{question}'\nresponse_template: '{answer}'\n"
@@ -128,6 +128,22 @@ def test_own_data_on_the_demo_job_drops_what_suits_only_the_demo_data(workdir: P
     demo.fields["use_chat_template"].value = False  # the demo's empty system message has no box of its own
     assert (demo.config.use_chat_template, demo.config.system_prompt) == (False, None)
     assert not any(flag.value for flag in demo.flags.values())
+
+
+def test_the_demos_layer_numbers_stay_with_its_model_and_lora(workdir: Path, comms: list) -> None:
+    """layers_to_transform names the embedded model's layers and has no box: another model, or full fine-tuning,
+    drops it instead of refusing a field the user cannot see."""
+    assert slmnb.form().config.layers_to_transform == DEMO_CONFIG["layers_to_transform"]
+    for opened in ("model_name_or_path: tiny-llama", "method: full"):
+        assert slmnb.form(opened).config.layers_to_transform is None, opened
+    form = slmnb.form()
+    form.fields["model_name_or_path"].value = "tiny-llama"
+    assert form.config.layers_to_transform is None
+    form.fields["model_name_or_path"].value = DEMO_CONFIG["model_name_or_path"]
+    form.fields["method"].value = "full"
+    assert form.config.layers_to_transform is None
+    said = form.problem.value + "".join(flag.value for flag in form.flags.values())
+    assert "layers_to_transform" not in said and not form.start_button.disabled  # (the rate gets its warning)
 
 
 def test_typing_a_bundled_dataset_fills_its_templates(workdir: Path, comms: list) -> None:

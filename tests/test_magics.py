@@ -55,12 +55,13 @@ def test_line_options_override_the_body_and_the_default_model(body: str) -> None
 
 
 def test_environment_switch_shortens_runs_and_says_so(monkeypatch: pytest.MonkeyPatch) -> None:
-    config = cell_config("data_name: tones\nmax_steps: 60", {}, "smollm2-135m-instruct")
+    config = cell_config("data_name: tones\nmax_steps: 60\nlayers_to_transform: 15-29", {}, "smollm2-135m-instruct")
     assert shortened(config) == (config, None)
     monkeypatch.setenv("SLMNB_MAX_STEPS", "3")
     monkeypatch.setenv("SLMNB_MODEL", "tiny-llama")
     short, note = shortened(config)
-    assert (short.max_steps, short.model_name_or_path) == (3, "tiny-llama")
+    # The layer numbers were the replaced model's: the stand-in adapts all of its layers.
+    assert (short.max_steps, short.model_name_or_path, short.layers_to_transform) == (3, "tiny-llama", None)
     assert "max_steps=3" in note and "model_name_or_path=tiny-llama" in note
 
 

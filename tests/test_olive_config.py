@@ -43,7 +43,7 @@ def current(data: Path) -> dict[str, Any]:
         }],
         "passes": {
             "lora": {"type": "LoRA", "r": 4, "alpha": 8, "lora_dropout": 0.1, "target_modules": ["q_proj", "v_proj"],
-                     "train_data_config": "tones", "eval_dataset_size": 0.25,
+                     "layers_to_transform": [1], "train_data_config": "tones", "eval_dataset_size": 0.25,
                      "training_args": {"max_steps": 2, "learning_rate": 0.001, "per_device_train_batch_size": 2,
                                        "max_grad_norm": 0.5, "output_dir": "models/checkpoints"}},
             "merge": {"type": "MergeAdapterWeights"},
@@ -119,7 +119,7 @@ def test_a_current_config_reads_into_one_config_and_a_merged_int4_export(data) -
     c = job.config
     assert (c.model_name_or_path, c.method, c.lora_r, c.lora_alpha, c.lora_dropout) == ("tiny-llama", "lora", 4, 8,
                                                                                           0.1)
-    assert c.target_modules == ["q_proj", "v_proj"]
+    assert (c.target_modules, c.layers_to_transform) == (["q_proj", "v_proj"], "1")
     assert (c.data_files, c.train_split, c.text_template) == ([str(data)], "train[:80%]", TONE_TEMPLATE)
     assert (c.max_seq_len, c.max_samples, c.eval_size) == (64, 12, 0.25)
     assert (c.max_steps, c.learning_rate, c.per_device_train_batch_size) == (2, 0.001, 2)

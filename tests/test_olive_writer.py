@@ -33,8 +33,9 @@ TEXT_GEN_KEYS = {"user_script", "script_dir", "max_samples", "max_seq_len", "pad
                  "drop_short_sequences", "use_attention_mask", "chat_template", "message_col", "add_special_tokens",
                  "text_formatting_func", "text_template", "text_cols", "strategy", "stride", "joiner",
                  "processing_batch_size", "random_seed", "random_retries"}
-LORA_KEYS = {"type", "r", "alpha", "lora_dropout", "target_modules", "modules_to_save", "torch_dtype", "device_map",
-             "allow_tf32", "ephemeral_gpu_offload", "train_data_config", "eval_data_config", "training_args"}
+LORA_KEYS = {"type", "r", "alpha", "lora_dropout", "target_modules", "layers_to_transform", "modules_to_save",
+             "torch_dtype", "device_map", "allow_tf32", "ephemeral_gpu_offload", "train_data_config",
+             "eval_data_config", "training_args"}
 QLORA_KEYS = LORA_KEYS | {"compute_dtype", "save_quant_config", "double_quant", "quant_type"}
 BUILDER_KEYS = {"type", "precision", "metadata_only", "search", "int4_accuracy_level", "int4_block_size",
                 "int4_is_symmetric", "int4_op_types_to_quantize", "int4_nodes_to_exclude", "int4_algo_config",
@@ -69,7 +70,7 @@ def configs(user_files: list[str]) -> dict[str, FinetuneConfig]:
     return {
         "tones": tiny_config(data_name="tones"),
         "changelog": tiny_config(data_name="changelog", eval_split="test[:16]", lora_r=16, lora_alpha=32,
-                                 target_modules=["q_proj", "v_proj"], learning_rate=1e-3,
+                                 target_modules=["q_proj", "v_proj"], layers_to_transform="1", learning_rate=1e-3,
                                  lr_scheduler_type="cosine", warmup_ratio=0.1, weight_decay=0.01),
         "user files": tiny_config(data_files=user_files, prompt_template="Q: {q}\nA: ", response_template="{a}",
                                   eval_size=0.2, max_samples=20, seed=7),
@@ -113,6 +114,8 @@ def check_schema(values: dict[str, Any], folder: Path) -> None:
             assert isinstance(spec["r"], int) and isinstance(spec["alpha"], int | float)
             assert isinstance(spec.get("target_modules", []), list)
             assert all(isinstance(t, str) for t in spec.get("target_modules", []))
+            layers = spec.get("layers_to_transform", [])
+            assert isinstance(layers, list) and all(isinstance(n, int) for n in layers)
             assert spec["train_data_config"] in names and spec.get("eval_data_config", names[0]) in names
             check_training_args(spec["training_args"])
         if spec["type"] == "ModelBuilder":
@@ -287,7 +290,7 @@ def test_bad_data_is_the_configs_own_sentence(tmp_path: Path) -> None:
 TRAINING_FIELDS = ("method", "lora_r", "lora_alpha", "lora_dropout", "learning_rate", "lr_scheduler_type",
                    "warmup_ratio", "weight_decay", "seed", "per_device_train_batch_size", "gradient_accumulation_steps",
                    "num_train_epochs", "max_steps", "logging_steps", "gradient_checkpointing", "max_seq_len",
-                   "load_best_model_at_end", "training_args")
+                   "load_best_model_at_end", "training_args", "layers_to_transform")
 
 
 @pytest.mark.parametrize("export", EXPORTS, ids=lambda e: "no export" if e is None else "-".join(e.values()))

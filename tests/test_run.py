@@ -194,6 +194,27 @@ def test_target_modules_are_checked_against_the_model_before_any_folder(workdir,
     assert not (workdir / "runs").exists()
 
 
+def test_layers_to_transform_adapts_those_layers_only_and_is_checked_against_the_model(workdir, tiny) -> None:
+    from safetensors import safe_open
+
+    with pytest.raises(ConfigError, match=r"layers_to_transform 1-9 names layer 2, and tiny-llama has layers 0-1: "
+                                          r"pick layers it has, or leave it empty"):
+        slmnb.finetune(tiny, name="deep", layers_to_transform="1-9")
+    assert not (workdir / "runs").exists()
+    for method in ("lora", "qlora"):
+        run = slmnb.finetune(tiny, name=f"top-{method}", method=method, layers_to_transform=[1],
+                             learning_rate=1e-2).wait()
+        assert run.config.layers_to_transform == "1"
+        with safe_open(str(run.output_path / "adapter_model.safetensors"), "pt") as weights:
+            names = list(weights.keys())
+        # Every linear layer of the blocks (all-linear), in layer 1 only.
+        assert names and all(".layers.1." in name for name in names)
+        assert {name.split(".")[-3] for name in names} == {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj",
+                                                           "up_proj", "down_proj"}
+        losses = [e.loss for e in steps_of(run)]
+        assert losses[-1] < losses[0]
+
+
 def test_a_failure_becomes_an_event_and_wait_raises_it(workdir, tiny) -> None:
     from slmnb.models import model_folder
 

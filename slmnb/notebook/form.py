@@ -33,6 +33,8 @@ PREVIEW_ROWS = 3
 # What the demo job sets because of its data: a config that brings its own data does not inherit them (a chat
 # template, its empty system message and 96 tokens suit the tones phrases, not the user's rows).
 DATA_BOUND = ("data_name", "use_chat_template", "system_prompt", "max_seq_len")
+# Demo fields tied to its model: the form keeps them only while the model is the demo's.
+MODEL_BOUND = ("layers_to_transform",)
 ERROR_COLOUR, WARNING_COLOUR = "#c62828", "#a15c00"
 
 
@@ -69,6 +71,9 @@ def on_demo(values: Mapping[str, Any]) -> FinetuneConfig:
         base = {key: value for key, value in base.items() if key not in DATA_BOUND}
     if values.get("text_template") and "use_chat_template" not in values:
         base.pop("use_chat_template", None)  # a chat template needs a prompt and a response, not one text
+    if values.get("model_name_or_path", base["model_name_or_path"]) != base["model_name_or_path"] \
+            or values.get("method") == "full":
+        base = {key: value for key, value in base.items() if key not in MODEL_BOUND}
     if not values.get("use_chat_template", base.get("use_chat_template")):
         base.pop("system_prompt", None)  # the demo's system message goes with its chat template
     return FinetuneConfig.from_dict({**base, **values})
@@ -172,6 +177,9 @@ class ConfigForm:
     def _config(self, values: dict[str, Any]) -> FinetuneConfig:
         if not values.get("use_chat_template", self._base.use_chat_template):
             values = {**values, "system_prompt": None}  # the system message goes with the chat template (no box)
+        if values.get("model_name_or_path", self._base.model_name_or_path) != self._base.model_name_or_path \
+                or values.get("method", self._base.method) == "full":
+            values = {**values, "layers_to_transform": None}  # layer numbers are one model's, and LoRA's (no box)
         if not (values.get("data_name") or values.get("data_files")) and self._base.rows:
             return self._base.replace(**values)  # inline rows from the config it was opened with
         return self._base.replace(rows=None, **values)

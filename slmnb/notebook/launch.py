@@ -70,6 +70,8 @@ def environment_changes(config: FinetuneConfig) -> tuple[dict[str, Any], str | N
     model = os.environ.get("SLMNB_MODEL", "").strip()
     if model and model != config.model_name_or_path:
         changes["model_name_or_path"] = model
+        if config.layers_to_transform:
+            changes["layers_to_transform"] = None  # the numbers are the replaced model's layers
     if not changes:
         return {}, None
     said = ", ".join(f"{k}={v}" for k, v in changes.items())

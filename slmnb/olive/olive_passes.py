@@ -18,12 +18,13 @@ TRAINING = {"lora": "lora", "qlora": "qlora", "loftq": "qlora", "dora": "lora", 
             "hflora": "lora"}
 # Keys of a LoRA / QLoRA pass that slmnb reads; the others Olive has are said to be ignored.
 LORA_KEYS = {"r": "lora_r", "lora_r": "lora_r", "alpha": "lora_alpha", "lora_alpha": "lora_alpha",
-             "lora_dropout": "lora_dropout", "target_modules": "target_modules"}
+             "lora_dropout": "lora_dropout", "target_modules": "target_modules",
+             "layers_to_transform": "layers_to_transform"}
 LORA_OTHER = ("modules_to_save", "torch_dtype", "train_data_config", "eval_data_config", "eval_dataset_size",
               "training_args", "bias", "use_ort_trainer", "ortmodule_onnx_opset_version", "device_map", "allow_tf32",
               "ephemeral_gpu_offload", "compute_dtype", "save_quant_config", "double_quant", "quant_type",
               "loftq_iter", "rank_dropout", "module_dropout", "use_effective_conv2d", "exclude_modules",
-              "init_weights", "layers_to_transform", "layers_pattern", "rank_pattern", "alpha_pattern",
+              "init_weights", "layers_pattern", "rank_pattern", "alpha_pattern",
               "decompose_both", "decompose_factor", "rank_dropout_scale", "use_dora", "merge_adapter_weights")
 # Pass settings of older Olive files that slmnb answers in its own way.
 OLD_KEYS = {"user_script": "slmnb never runs a config's Python scripts: it reads the data config's files",

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from slmnb.checks import layer_numbers
 from slmnb.config import FinetuneConfig
 from slmnb.data import Data, load_data, render, system_message, with_default_templates
 from slmnb.errors import ConfigError, SlmnbError
@@ -230,6 +231,8 @@ def _training_pass(config: FinetuneConfig, data: Data, precision: str | None, no
     targets = _target_modules(config, notes)
     if targets:
         spec["target_modules"] = targets
+    if config.layers_to_transform:
+        spec["layers_to_transform"] = layer_numbers(config.layers_to_transform)
     if config.method == "qlora":
         # slmnb's 4-bit base: NF4 without double quantization, computing in bf16; only the adapter is kept.
         spec.update(quant_type="nf4", double_quant=False, compute_dtype="bfloat16", save_quant_config=False)

@@ -27,11 +27,14 @@ from slmnb.errors import ExportError
 from slmnb.opt import store
 from slmnb.opt.builder import quant_options, run_builder
 from slmnb.opt.inputs import base_config, check_choice, model_size
-from slmnb.paths import build_folder_once, slmnb_home, sweep_temps
+from slmnb.paths import build_folder_once, slmnb_home, sweep_temps, temp_sibling
 
 Phase = Callable[[str], None]
 PRECISIONS = ("int4", "int8", "fp32")
 MANIFEST = "deployed.json"
+# The weights read back from model.onnx, under their Hugging Face names: reading and dequantizing them again (onnx's
+# import included) took about 3 s of every LoRA run's start on the embedded model; loading this file takes a fraction.
+WEIGHTS = "hf_weights.safetensors"
 # Bumped whenever the folder's layout or the way it is built changes, so an older folder is not reused.
 _FORMAT = "v1"
 _LAYER_NODE = re.compile(r"^/model/layers\.(\d+)/[^/]+/(\w+)/MatMul")
@@ -111,10 +114,56 @@ def deployed_weights(model_name_or_path: str, precision: str = "int4",
     if precision == "fp32":
         return {}
     folder = deployed_base(model_name_or_path, precision, on_phase)
+    cached = _read_weights(folder / WEIGHTS)
+    if cached is not None:
+        return cached
     if on_phase is not None:
         on_phase("reading the quantized weights")
     model = _meta_model(_model_folder(model_name_or_path))
-    return hf_weights(onnx_matrices(folder / "model.onnx", float_embedding=_tied(model)), model)
+    weights = hf_weights(onnx_matrices(folder / "model.onnx", float_embedding=_tied(model)), model)
+    _write_weights(folder / WEIGHTS, weights)
+    return weights
+
+
+def _read_weights(path: Path) -> dict[str, Any] | None:
+    """The weights deployed_weights kept, or None when there are none (or they cannot be read: then they are read
+    from the ONNX build again and written anew)."""
+    if not path.is_file():
+        return None
+    from safetensors import SafetensorError, safe_open
+    from safetensors.torch import load_file
+
+    try:
+        with safe_open(str(path), "pt") as handle:
+            aliases = json.loads((handle.metadata() or {}).get("aliases", "{}"))
+        weights = load_file(str(path))
+        for name, same in aliases.items():
+            weights[name] = weights[same]  # one tensor under both names, as hf_weights gave it: loading keeps the tie
+    except (OSError, ValueError, KeyError, SafetensorError):  # unreadable, or metadata not ours: read again
+        return None
+    return weights
+
+
+def _write_weights(path: Path, weights: dict[str, Any]) -> None:
+    """Keep the weights beside the build they came from, through a temp file: a half-written file is never read.
+
+    A folder that cannot be written to only costs the next run the reading again."""
+    from safetensors import SafetensorError
+    from safetensors.torch import save_file
+
+    sweep_temps(path.parent)  # a write killed mid-way left its temp file
+    first: dict[int, str] = {}  # safetensors stores each tensor once: a tied one's second name is an alias
+    aliases = {name: first.setdefault(id(tensor), name) for name, tensor in weights.items()}
+    aliases = {name: same for name, same in aliases.items() if name != same}
+    tmp = temp_sibling(path)
+    try:
+        save_file({name: tensor for name, tensor in weights.items() if name not in aliases}, str(tmp),
+                  metadata={"aliases": json.dumps(aliases)})
+        os.replace(tmp, path)
+    except (OSError, SafetensorError):  # safetensors reports a failed write as its own error
+        pass
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def onnx_matrices(path: Path, float_embedding: bool = False) -> dict[str, Any]:

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from slmnb import data as data_mod
+from slmnb.checks import layer_numbers
 from slmnb.config import FinetuneConfig
 from slmnb.errors import ConfigError
 from slmnb.models import load_tokenizer, quiet_libraries, release_memory
@@ -59,8 +60,14 @@ def build_model(config: FinetuneConfig, precision: str) -> Any:
 
     if config.method == "qlora":
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=config.gradient_checkpointing)
+    targets: Any = config.target_modules
+    layers = layer_numbers(config.layers_to_transform) if config.layers_to_transform else None
+    if layers and targets == "all-linear":  # peft takes layer numbers with a list of module names only
+        head = model.get_output_embeddings()
+        targets = sorted({name.rsplit(".", 1)[-1] for name, module in model.named_modules()
+                          if isinstance(module, torch.nn.Linear) and module is not head})
     lora = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
-                      target_modules=config.target_modules, task_type="CAUSAL_LM")
+                      target_modules=targets, layers_to_transform=layers, task_type="CAUSAL_LM")
     model = get_peft_model(model, lora)  # target_modules were checked against the layers before the thread
     if on_cpu:
         from slmnb.training.dropout import use_fast_dropout

@@ -9,10 +9,12 @@ device instead (a few seconds of imports, no weights).
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from slmnb.checks import layer_numbers
 from slmnb.config import DEFAULT_EVAL_GENERATE_SAMPLES, FinetuneConfig, check_metric_for_best_model
 from slmnb.data import render
 from slmnb.errors import ConfigError
@@ -80,6 +82,8 @@ def _model_fields(config: FinetuneConfig) -> dict[str, Any]:
     linears = linear_layers(folder)
     if config.method == "full":
         return {}
+    if config.layers_to_transform:
+        _check_layers(config, linears)
     # Empty means every linear layer of the blocks: QLoRA's finding, and the search behind slmnb's defaults (on the
     # embedded model all-linear beat peft's q_proj + v_proj at equal learning rate; BENCHMARKS.md, "Search and the
     # defaults").
@@ -98,6 +102,19 @@ def _model_fields(config: FinetuneConfig) -> dict[str, Any]:
         raise ConfigError(f"lora_r {config.lora_r} is larger than the layers it adapts ({narrowest} wide): use at "
                           f"most {narrowest}; 8 to 64 is usual.")
     return {} if targets == config.target_modules else {"target_modules": targets}
+
+
+def _check_layers(config: FinetuneConfig, linears: dict[str, tuple[int, int]]) -> None:
+    """layers_to_transform names layers the model has (peft would say so only when the run starts, in its words)."""
+    have = {int(m.group(1)) for name in linears if (m := re.search(r"(?:^|\.)layers\.(\d+)\.", name))}
+    model = config.model_name_or_path
+    if not have:
+        raise ConfigError(f"layers_to_transform needs blocks named layers.N, and {model} names its blocks otherwise: "
+                          "leave layers_to_transform empty.")
+    missing = [n for n in layer_numbers(config.layers_to_transform or "") if n not in have]
+    if missing:
+        raise ConfigError(f"layers_to_transform {config.layers_to_transform} names layer {missing[0]}, and {model} "
+                          f"has layers 0-{max(have)}: pick layers it has, or leave it empty to adapt every layer.")
 
 
 def linear_layers(folder: str) -> dict[str, tuple[int, int]]:
