@@ -428,6 +428,16 @@ def here(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return tmp_path
 
 
+@pytest.fixture(scope="module", autouse=True)
+def tiny_model_built() -> None:
+    """The tiny model exists before the first case. A model's first use is built in the training thread (the
+    embedded one converts for 30 s), and the checks against its layers (lora_r, target_modules, layers_to_transform)
+    follow it there by design; after that they answer before anything starts, which is what the cases test."""
+    from slmnb.models import model_folder
+
+    model_folder("tiny-llama")
+
+
 def body_of(config: dict[str, Any]) -> str:
     return yaml.safe_dump(config, allow_unicode=False, width=1 << 20)
 
