@@ -158,6 +158,7 @@ def _text(name: str, value: Any, choices: tuple[str, ...] | None) -> str:
 
 # More layers than any model has: a number past it is a typo (and keeps a range from building a huge list).
 MAX_LAYER = 9999
+_LAYER_RANGE = re.compile(r"([0-9]{1,4}) *(?:- *([0-9]{1,4}))?")  # 4 digits: at most MAX_LAYER
 
 
 def _layers(name: str, value: Any) -> str | None:
@@ -167,20 +168,16 @@ def _layers(name: str, value: Any) -> str | None:
                         f"{short_repr(value)}.")
     if isinstance(value, int) and not isinstance(value, bool):
         value = [value]
-    picked: set[int] = set()
     if isinstance(value, str):
-        for part in value.split(","):
-            match = re.fullmatch(r"([0-9]{1,4}) *(?:- *([0-9]{1,4}))?", part.strip())
-            if not match or (match.group(2) and int(match.group(2)) < int(match.group(1))):
-                raise wrong
-            picked.update(range(int(match.group(1)), int(match.group(2) or match.group(1)) + 1))
+        try:
+            picked = set(layer_numbers(value))
+        except ValueError:
+            raise wrong from None
     elif isinstance(value, list | tuple):
         if not all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= MAX_LAYER for v in value):
             raise wrong
-        picked.update(value)
+        picked = set(value)
     else:
-        raise wrong
-    if any(n > MAX_LAYER for n in picked):
         raise wrong
     return layer_text(sorted(picked)) or None
 
@@ -197,11 +194,13 @@ def layer_text(sorted_numbers: list[int]) -> str:
 
 
 def layer_numbers(text: str) -> list[int]:
-    """The layer numbers a checked layers_to_transform text names, in order."""
+    """The layer numbers a layers_to_transform text names, in order; ValueError when a part is no number or range."""
     found: list[int] = []
     for part in text.split(","):
-        first, _, last = part.strip().partition("-")
-        found.extend(range(int(first), int(last or first) + 1))
+        match = _LAYER_RANGE.fullmatch(part.strip())
+        if not match or int(match[2] or match[1]) < int(match[1]):
+            raise ValueError(f"not layer numbers: {text!r}")
+        found.extend(range(int(match[1]), int(match[2] or match[1]) + 1))
     return found
 
 

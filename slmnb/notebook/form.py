@@ -71,12 +71,16 @@ def on_demo(values: Mapping[str, Any]) -> FinetuneConfig:
         base = {key: value for key, value in base.items() if key not in DATA_BOUND}
     if values.get("text_template") and "use_chat_template" not in values:
         base.pop("use_chat_template", None)  # a chat template needs a prompt and a response, not one text
-    if values.get("model_name_or_path", base["model_name_or_path"]) != base["model_name_or_path"] \
-            or values.get("method") == "full":
+    if not _keeps_model_bound(values, base["model_name_or_path"], base["method"]):
         base = {key: value for key, value in base.items() if key not in MODEL_BOUND}
     if not values.get("use_chat_template", base.get("use_chat_template")):
         base.pop("system_prompt", None)  # the demo's system message goes with its chat template
     return FinetuneConfig.from_dict({**base, **values})
+
+
+def _keeps_model_bound(values: Mapping[str, Any], model: str, method: str) -> bool:
+    """Whether MODEL_BOUND fields still apply: layer numbers are one model's, and LoRA's."""
+    return values.get("model_name_or_path", model) == model and values.get("method", method) != "full"
 
 
 class ConfigForm:
@@ -177,9 +181,8 @@ class ConfigForm:
     def _config(self, values: dict[str, Any]) -> FinetuneConfig:
         if not values.get("use_chat_template", self._base.use_chat_template):
             values = {**values, "system_prompt": None}  # the system message goes with the chat template (no box)
-        if values.get("model_name_or_path", self._base.model_name_or_path) != self._base.model_name_or_path \
-                or values.get("method", self._base.method) == "full":
-            values = {**values, "layers_to_transform": None}  # layer numbers are one model's, and LoRA's (no box)
+        if not _keeps_model_bound(values, self._base.model_name_or_path, self._base.method):
+            values = {**values, **dict.fromkeys(MODEL_BOUND)}  # no box for them: they go, not refuse the config
         if not (values.get("data_name") or values.get("data_files")) and self._base.rows:
             return self._base.replace(**values)  # inline rows from the config it was opened with
         return self._base.replace(rows=None, **values)

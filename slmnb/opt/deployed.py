@@ -131,12 +131,11 @@ def _read_weights(path: Path) -> dict[str, Any] | None:
     if not path.is_file():
         return None
     from safetensors import SafetensorError, safe_open
-    from safetensors.torch import load_file
 
     try:
         with safe_open(str(path), "pt") as handle:
             aliases = json.loads((handle.metadata() or {}).get("aliases", "{}"))
-        weights = load_file(str(path))
+            weights = {name: handle.get_tensor(name) for name in handle.keys()}
         for name, same in aliases.items():
             weights[name] = weights[same]  # one tensor under both names, as hf_weights gave it: loading keeps the tie
     except (OSError, ValueError, KeyError, SafetensorError):  # unreadable, or metadata not ours: read again
