@@ -200,6 +200,36 @@ def test_exporting_again_reuses_everything_and_a_second_run_only_adds_its_adapte
     assert np.abs(one - two).max() > 1e-3  # two adapters, two different models from one base
 
 
+def test_a_run_of_some_layers_joins_the_every_layer_base_and_answers_as_in_pytorch(inside, tmp_path) -> None:
+    """layers_to_transform: the adapter of layer 1 alone goes into the base the every-layer run built (no second
+    build), the layers it leaves alone add nothing, and onnxruntime-genai answers as PyTorch does. Exported first,
+    elsewhere, it builds that same every-layer base itself."""
+    from slmnb.opt.adapters import read_adapter
+
+    ex = inside["fp32"]
+    built = (ex.folder / "model.onnx").stat().st_mtime_ns
+    config = {**inside["run"].config.to_dict(), "layers_to_transform": "1"}
+    top = slmnb.finetune(config, name="top-layer", max_steps=4).wait()
+    assert top.status == "finished", top.reason
+    joined = slmnb.export(top, precision="fp32")
+    assert joined.folder == ex.folder and (ex.folder / "model.onnx").stat().st_mtime_ns == built
+    weights = read_adapter(joined.adapter)
+    # Every input of the base is set (onnxruntime wants one rank throughout): layer 0's to zeros.
+    assert set(weights) == set(json.loads((ex.folder / "slmnb-export.json").read_text())["lora_inputs"])
+    assert {name.split(".")[2] for name, array in weights.items() if np.any(array)} == {"1"}
+    ids = prompt_ids()
+    base, tuned = torch_logits(top, ids)
+    assert np.abs(tuned - base).max() > 0.05
+    assert np.abs(onnx_logits(ex.folder, ids, weights) - tuned).max() < 1e-4
+    rows = [{"phrase": "My dog ran away this morning."}, {"phrase": "We won the lottery!"}]
+    assert joined.predict(rows, max_new_tokens=5) == top.predict(rows, max_new_tokens=5)
+    alone = slmnb.export(top, precision="fp32", output=tmp_path)
+    assert alone.folder.name == ex.folder.name and not list(alone.folder.glob(".every-layer-adapter"))
+    manifest = json.loads((alone.folder / "slmnb-export.json").read_text())
+    assert manifest["lora_inputs"] == json.loads((ex.folder / "slmnb-export.json").read_text())["lora_inputs"]
+    assert np.abs(onnx_logits(alone.folder, ids, weights) - tuned).max() < 1e-4
+
+
 def test_merged_export_is_the_fine_tune(inside) -> None:
     ex = slmnb.export("tuned", precision="fp32", adapters="merged")
     assert ex.merged and ex.adapter is None and ex.folder.name == "tuned-fp32-merged"

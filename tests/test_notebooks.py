@@ -27,7 +27,7 @@ assert run.status == "finished", run.status
 assert run.step == 4, run.step
 dashboard = dashboards_for(run)[0]
 assert list(dashboard.figure.data[0].x) == [1, 2, 3, 4], dashboard.figure.data[0].x
-assert tuned.split == "test[:16]" and len(tuned.rows) == 16, tuned.split
+assert tuned.split == "test[:8]" and len(tuned.rows) == 8, tuned.split
 """,
     "02-export-and-compare.ipynb": """
 assert ex.precision == "int4" and ex.adapter.name == "quickstart.onnx_adapter", ex
@@ -35,7 +35,7 @@ assert comparison.status == "done", comparison.status
 assert [c.title for c in comparison.columns] == ["base model", "quickstart", "base, 4-shot"]
 assert all(all(c.answers) for c in comparison.columns)
 assert all(c.accuracy is not None for c in comparison.columns)
-assert comparison.columns[1].agreement is not None and comparison.split == "test[:16]", comparison.split
+assert comparison.columns[1].agreement is not None and comparison.split == "test[:8]", comparison.split
 """,
     "03-evaluate.ipynb": """
 from slmnb.notebook.dashboard import dashboards_for
@@ -45,8 +45,8 @@ assert result.evaluation.confusion() is not None
 assert notes.status == "finished" and notes.config.metrics == ["bleu", "rouge", "chrf"], notes.config.metrics
 dashboard = dashboards_for(notes)[0]
 assert dashboard.metrics_figure is not None and "rougeL" in [t.name for t in dashboard.metrics_figure.data]
-assert comparison.status == "done" and len(comparison.test_rows) == 16
-assert "prompt tokens" in comparison.trade_line() and "test[:16] rougeL (ONNX)" in str(comparison)
+assert comparison.status == "done" and len(comparison.test_rows) == 8
+assert "prompt tokens" in comparison.trade_line() and "test[:8] rougeL (ONNX)" in str(comparison)
 """,
     "04-search.ipynb": """
 from slmnb.notebook.dashboard import dashboards_for
@@ -71,7 +71,7 @@ def test_notebook_runs_headless(path: Path, folder: Path, monkeypatch: pytest.Mo
     monkeypatch.chdir(workdir)
     monkeypatch.setenv("SLMNB_MAX_STEPS", "4")
     monkeypatch.setenv("SLMNB_MAX_TRIALS", "2")
-    monkeypatch.setenv("SLMNB_MAX_EVAL_ROWS", "16")
+    monkeypatch.setenv("SLMNB_MAX_EVAL_ROWS", "8")
     shutil.copy(path, workdir / path.name)
     nb = nbformat.read(workdir / path.name, as_version=4)
     nb.cells.append(nbformat.v4.new_code_cell(CHECKS.get(path.name, "")))

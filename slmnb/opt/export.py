@@ -18,7 +18,16 @@ from typing import Any
 
 from slmnb.errors import ExportError
 from slmnb.opt import store
-from slmnb.opt.adapters import check_fits, lora_nodes, make_switchable, peft_weights, write_adapter
+from slmnb.opt.adapters import (
+    check_fits,
+    every_layer,
+    fill_inputs,
+    lora_nodes,
+    make_switchable,
+    peft_weights,
+    spread_over_every_layer,
+    write_adapter,
+)
 from slmnb.opt.builder import run_builder, use_one_thread_if_small
 from slmnb.opt.inputs import (
     base_config,
@@ -281,25 +290,27 @@ def _switchable(run: Any, precision: str, output: Path, phase: Phase) -> tuple[P
     hf_dir, config = _base_model(run)
     weights = peft_weights(run.output_path)
     base_model = run.config.model_name_or_path
+    layers, parameters = model_size(config, base_model)
     if (output / store.MANIFEST).is_file():
         folder = output  # an existing base model's folder: the adapter joins it if it fits
     else:
-        folder = output / store.base_folder_name(base_model, precision, weights)
+        # Named by the adapter's projections on every layer: a run of some layers shares its base with the others.
+        folder = output / store.base_folder_name(base_model, precision, every_layer(weights, layers))
     manifest = store.read_json(folder / store.MANIFEST)
     if manifest is None:
-        layers, parameters = model_size(config, base_model)
         log = _log_beside(folder)
 
         def build(tmp: Path) -> None:
-            raw = tmp / ".builder-output"
-            run_builder(hf_dir, raw, precision, adapter_dir=run.output_path, keep_float=lora_nodes(layers),
-                        layers=layers, on_phase=phase, log_path=log)
+            raw, spread = tmp / ".builder-output", tmp / ".every-layer-adapter"
+            run_builder(hf_dir, raw, precision, adapter_dir=spread_over_every_layer(run.output_path, layers, spread),
+                        keep_float=lora_nodes(layers), layers=layers, on_phase=phase, log_path=log)
             phase("making the LoRA inputs switchable")
             inputs = make_switchable(raw / "model.onnx", tmp)
             for item in raw.iterdir():
                 if item.is_file() and not item.name.startswith("model.onnx"):
                     shutil.copy2(item, tmp / item.name)
             shutil.rmtree(raw)
+            shutil.rmtree(spread, ignore_errors=True)
             use_one_thread_if_small(tmp, parameters)
             store.write_json(tmp / store.MANIFEST, {
                 "format": store.FORMAT, "kind": "base", "base_model": base_model, "precision": precision,
@@ -321,6 +332,7 @@ def _switchable(run: Any, precision: str, output: Path, phase: Phase) -> tuple[P
     if not isinstance(inputs, dict):
         raise ExportError(f"{folder / store.MANIFEST} is damaged: delete {folder} and export again.")
     check_fits(weights, inputs, what, base)
+    weights = fill_inputs(weights, inputs)
     sweep_temps(folder)
     sweep_temps(folder / "adapters")
     return folder, _adapter_file(run, folder, weights, phase)
@@ -341,14 +353,15 @@ def _adapter_file(run: Any, folder: Path, weights: dict[str, Any], phase: Phase)
     meta_path = path.with_suffix(".json")
     digest = store.file_digest(run.output_path / "adapter_model.safetensors")
     meta = store.read_json(meta_path)
-    if meta and meta.get("digest") == digest and path.is_file():
+    # The count of inputs: an adapter written before it brought zeros for every input of its base is written again.
+    if meta and meta.get("digest") == digest and meta.get("inputs") == len(weights) and path.is_file():
         return path
     phase("writing the adapter")
     started = time.perf_counter()
     write_adapter(weights, path)
     rank = next(array.shape[1] for name, array in weights.items() if ".lora_A." in name)
     store.write_json(meta_path, {"run": run.name, "run_dir": str(run.dir.resolve()), "rank": rank,
-                                 "digest": digest, "created": time.time(),
+                                 "digest": digest, "inputs": len(weights), "created": time.time(),
                                  "seconds": round(time.perf_counter() - started, 3)})
     return path
 

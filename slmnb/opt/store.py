@@ -2,7 +2,7 @@
 
     onnx/                                   the exports folder (beside runs/; `output=` picks another)
       smollm2-135m-instruct-int4-1a2b3c4d/  a base model with switchable LoRA inputs, one per
-        model.onnx, model.onnx.data, ...    (base model, precision, LoRA target layers)
+        model.onnx, model.onnx.data, ...    (base model, precision, LoRA projections on every layer)
         slmnb-export.json                   its manifest
         adapters/quickstart.onnx_adapter    one adapter per run, and a .json beside it
       quickstart-int4-merged/               a run's LoRA merged into the weights: one deployable model
