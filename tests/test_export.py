@@ -283,13 +283,13 @@ def test_bad_inputs_get_one_sentence(inside, tmp_path) -> None:
 
 
 def test_an_adapter_of_another_shape_does_not_fit() -> None:
-    from slmnb.opt.adapters import RANK_DIM, check_fits
+    from slmnb.opt.adapters import RANK_DIM, fitted
 
     inputs = {"model.layers.0.attn.q_proj.lora_A.MatMul.weight": [64, RANK_DIM]}
     with pytest.raises(ExportError, match="trained on another base model"):
-        check_fits({"model.layers.0.attn.q_proj.lora_A.MatMul.weight": np.zeros((576, 8))}, inputs, "run x", "base")
+        fitted({"model.layers.0.attn.q_proj.lora_A.MatMul.weight": np.zeros((576, 8))}, inputs, "run x", "base")
     with pytest.raises(ExportError, match="has no LoRA input for"):
-        check_fits({"model.layers.9.attn.q_proj.lora_A.MatMul.weight": np.zeros((64, 8))}, inputs, "run x", "base")
+        fitted({"model.layers.9.attn.q_proj.lora_A.MatMul.weight": np.zeros((64, 8))}, inputs, "run x", "base")
 
 
 def test_compare_puts_base_run_and_few_shot_side_by_side(inside, capfd) -> None:

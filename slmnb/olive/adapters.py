@@ -15,7 +15,7 @@ from typing import Any
 
 from slmnb.errors import ExportError
 from slmnb.opt import store
-from slmnb.opt.adapters import ADAPTER_CONFIG, check_fits, make_switchable, peft_weights, write_adapter
+from slmnb.opt.adapters import ADAPTER_CONFIG, fitted, make_switchable, peft_weights, write_adapter
 
 SUFFIX = ".onnx_adapter"
 ADAPTER_WEIGHTS = "adapter_weights" + SUFFIX  # the name Olive's ExtractAdapters gives the extracted weights
@@ -86,7 +86,7 @@ def convert_adapters(adapter_path: str | Path, output_path: str | Path, adapter_
     base = out.parent.parent if out.parent.name == "adapters" else None
     manifest = store.read_json(base / store.MANIFEST) if base is not None else None
     if manifest and isinstance(manifest.get("lora_inputs"), dict):
-        check_fits(weights, manifest["lora_inputs"], f"The adapter {folder}", base.name if base else "")
+        weights = fitted(weights, manifest["lora_inputs"], f"The adapter {folder}", base.name if base else "")
     write_adapter(weights, out)
     return out
 

@@ -82,7 +82,7 @@ def every_layer(weights: dict[str, Any], layers: int) -> list[str]:
 
     An adapter of some layers only (layers_to_transform) then shares its base with the every-layer adapters of the
     same projections, so one base build (a minute for SmolLM2) serves both. Its file brings zeros for the layers it
-    leaves alone (fill_inputs): on SmolLM2 at rank 16 those LoRA MatMuls are about 4% of a layer's FLOPs.
+    leaves alone (fitted): on SmolLM2 at rank 16 those LoRA MatMuls are about 4% of a layer's FLOPs.
     """
     modules = sorted({name.split(".")[4] for name in weights})  # model.layers.N.<section>.<module>.lora_X...
     return [weight_name(layer, module, ab) for layer in range(layers) for module in modules for ab in "AB"]
@@ -105,8 +105,8 @@ def spread_over_every_layer(adapter_dir: Path, layers: int, out_dir: Path) -> Pa
         match = _PEFT_KEY.search(key)
         if match:
             templates.setdefault(key[:match.start(1)] + "{}" + key[match.end(1):], tensor)
-    spread = {template.format(layer): tensors.get(template.format(layer), torch.zeros_like(like))
-              for template, like in templates.items() for layer in range(layers)}
+    spread = {key: tensors[key] if key in tensors else torch.zeros_like(like)
+              for template, like in templates.items() for key in map(template.format, range(layers))}
     if len(spread) == len(tensors):
         return adapter_dir
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -248,8 +248,15 @@ def make_switchable(model_file: Path, out_dir: Path) -> dict[str, list[int | str
     return inputs
 
 
-def check_fits(weights: dict[str, Any], inputs: dict[str, list[int | str]], what: str, base: str) -> None:
-    """An adapter fits a base export when each of its weights is a LoRA input there, with the same outer size."""
+def fitted(weights: dict[str, Any], inputs: dict[str, list[int | str]], what: str, base: str) -> dict[str, Any]:
+    """The adapter's weights as a base export takes them: each a LoRA input there with the same outer size, plus
+    zeros of the adapter's rank for every input it leaves alone (layers or projections it does not adapt).
+
+    onnxruntime plans its buffers as if every input sized by the symbolic rank had one size: an adapter that set
+    some inputs at rank 16 and left others at their empty default fails with a shape mismatch. Zeros add nothing.
+    """
+    import numpy as np
+
     missing = sorted(set(weights) - set(inputs))
     if missing:
         raise ExportError(f"{what} adapts layers that {base} has no LoRA input for ({missing[0]} and "
@@ -260,22 +267,14 @@ def check_fits(weights: dict[str, Any], inputs: dict[str, list[int | str]], what
         if outer[0] != outer[1]:
             raise ExportError(f"{what} does not fit {base}: {name} is {list(array.shape)} where the base model "
                               f"wants {want}, so the adapter was trained on another base model.")
+    rank = adapter_rank(weights)
+    return {**{name: np.zeros([rank if dim == RANK_DIM else dim for dim in shape], dtype=np.float32)
+               for name, shape in inputs.items() if name not in weights}, **weights}
 
 
-def fill_inputs(weights: dict[str, Any], inputs: dict[str, list[int | str]]) -> dict[str, Any]:
-    """The adapter's weights plus zeros of its rank for every other LoRA input of the base (layers it leaves alone).
-
-    onnxruntime plans its buffers as if every input sized by the symbolic rank had one size: an adapter that set
-    some inputs at rank 16 and left others at their empty default fails with a shape mismatch. Zeros add nothing.
-    """
-    import numpy as np
-
-    rank = next(array.shape[1] for name, array in weights.items() if ".lora_A." in name)
-    filled = dict(weights)
-    for name, shape in inputs.items():
-        if name not in filled:
-            filled[name] = np.zeros([rank if dim == RANK_DIM else dim for dim in shape], dtype=np.float32)
-    return filled
+def adapter_rank(weights: dict[str, Any]) -> int:
+    """The LoRA rank of converted weights: the columns of an A matrix ([in, r])."""
+    return int(next(array.shape[1] for name, array in weights.items() if ".lora_A." in name))
 
 
 def write_adapter(weights: dict[str, Any], path: Path) -> None:

@@ -19,9 +19,9 @@ from typing import Any
 from slmnb.errors import ExportError
 from slmnb.opt import store
 from slmnb.opt.adapters import (
-    check_fits,
+    adapter_rank,
     every_layer,
-    fill_inputs,
+    fitted,
     lora_nodes,
     make_switchable,
     peft_weights,
@@ -331,8 +331,7 @@ def _switchable(run: Any, precision: str, output: Path, phase: Phase) -> tuple[P
     inputs = manifest.get("lora_inputs")
     if not isinstance(inputs, dict):
         raise ExportError(f"{folder / store.MANIFEST} is damaged: delete {folder} and export again.")
-    check_fits(weights, inputs, what, base)
-    weights = fill_inputs(weights, inputs)
+    weights = fitted(weights, inputs, what, base)
     sweep_temps(folder)
     sweep_temps(folder / "adapters")
     return folder, _adapter_file(run, folder, weights, phase)
@@ -359,8 +358,7 @@ def _adapter_file(run: Any, folder: Path, weights: dict[str, Any], phase: Phase)
     phase("writing the adapter")
     started = time.perf_counter()
     write_adapter(weights, path)
-    rank = next(array.shape[1] for name, array in weights.items() if ".lora_A." in name)
-    store.write_json(meta_path, {"run": run.name, "run_dir": str(run.dir.resolve()), "rank": rank,
+    store.write_json(meta_path, {"run": run.name, "run_dir": str(run.dir.resolve()), "rank": adapter_rank(weights),
                                  "digest": digest, "inputs": len(weights), "created": time.time(),
                                  "seconds": round(time.perf_counter() - started, 3)})
     return path
