@@ -462,7 +462,8 @@ def test_side_panel_lists_a_search_with_its_trials_nested_under_it(page: Any, la
     kernel_runs(page, f"import slmnb\ntune = slmnb.search({SEARCH!r}, name='tune', root='runs')\ntune.pause()")
     page.evaluate("() => window.jupyterapp.commands.execute('slmnb:show-runs')")  # polls now, not in 5 s
     search = page.locator(".slmnb-RunsPanel-search[data-search='tune']")
-    search.locator(".slmnb-RunsPanel-stop").wait_for(timeout=15_000)
+    # The search's own Stop, in its top line: paused during its first trial, that trial's row has a Stop too.
+    search.locator(":scope > .slmnb-RunsPanel-top > .slmnb-RunsPanel-stop").wait_for(timeout=15_000)
     assert search.get_attribute("data-status") in ("running", "paused")
     shot(page, "03-search-live")
 
