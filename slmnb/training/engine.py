@@ -16,7 +16,7 @@ from slmnb import data as data_mod
 from slmnb.checks import layer_numbers
 from slmnb.config import FinetuneConfig
 from slmnb.errors import ConfigError
-from slmnb.models import load_tokenizer, quiet_libraries, release_memory
+from slmnb.models import keep_freed_memory, load_tokenizer, quiet_libraries, release_memory
 from slmnb.training.arguments import plan_steps, training_arguments
 from slmnb.training.base import load_base
 from slmnb.training.callback import Sink, diverged, make_callback, weights_finite
@@ -71,8 +71,10 @@ def build_model(config: FinetuneConfig, precision: str) -> Any:
     model = get_peft_model(model, lora)  # target_modules were checked against the layers before the thread
     if on_cpu:
         from slmnb.training.dropout import use_fast_dropout
+        from slmnb.training.fused_lora import use_fused_lora
 
         use_fast_dropout(model)
+        use_fused_lora(model)
     return model
 
 
@@ -204,6 +206,8 @@ def _train(config: FinetuneConfig, rows: data_mod.Data, folder: RunFolder, sink:
     if not train_set:
         raise ConfigError(f"Every training row was cut before its response at max_seq_len {config.max_seq_len}: "
                           "raise max_seq_len.")
+    if not _has_cuda():
+        keep_freed_memory()
     model = build_model(config, precision)
     world = int(os.environ.get("WORLD_SIZE", "1"))
     plan = plan_steps(config, len(train_set), bool(eval_set), world)
