@@ -1,6 +1,5 @@
 """The CPU speed-ups behave as what they replace: dropout's statistics and gradient, the LoRA layers' dropout that
-keeps less for the backward pass, LoRA's update fused into one matmul, the output layer's contiguous input, and the
-OpenMP pool release."""
+keeps less for the backward pass, the output layer's contiguous input, and the OpenMP pool release."""
 
 from __future__ import annotations
 
@@ -13,7 +12,6 @@ import torch
 from slmnb.config import load_config
 from slmnb.training.dropout import DroppedLoraA, FastDropout
 from slmnb.training.engine import Collator, build_model, trim_to_labelled_tail
-from slmnb.training.fused_lora import use_fused_lora
 from slmnb.training.openmp import release_openmp_pool
 from slmnb.training.prepare import settle
 
@@ -60,25 +58,12 @@ def as_plain_dropout(model: torch.nn.Module) -> torch.nn.Module:
     return model
 
 
-def as_peft_forward(model: torch.nn.Module) -> torch.nn.Module:
-    """The same model with peft's own LoRA forward (result + lora_B(lora_A(x)) * scaling) instead of the fused one."""
-    from peft.tuners.lora.layer import Linear
-
-    for layer in lora_layers(model):
-        assert type(layer) is not Linear and isinstance(layer, Linear)  # build_model gave it the fused forward
-        layer.__class__ = Linear
-    return model
-
-
-def one_step(tiny: dict, plain: bool, peft_forward: bool = False,
-             **fields) -> tuple[torch.Tensor, dict[str, torch.Tensor], int]:
+def one_step(tiny: dict, plain: bool, **fields) -> tuple[torch.Tensor, dict[str, torch.Tensor], int]:
     """Loss, LoRA gradients and the activation bytes autograd keeps for backward: one batch of the tiny model."""
     config = settle(load_config({**tiny, "lora_dropout": 0.3, "target_modules": "all-linear", **fields}))
     model = build_model(config, "fp32")
     if plain:
         as_plain_dropout(model)
-    if peft_forward:
-        as_peft_forward(model)
     model.train()
     if config.gradient_checkpointing:
         model.activation_checkpointing_enable({"use_reentrant": False})  # as the Trainer does (arguments.py)
@@ -118,35 +103,6 @@ def test_dropout_inside_lora_a_redraws_the_same_masks_under_gradient_checkpointi
     checkpointed_loss, checkpointed, _ = one_step(tiny, plain=False, gradient_checkpointing=True)
     assert torch.equal(loss, checkpointed_loss)
     assert all(torch.allclose(grads[n], checkpointed[n], rtol=1e-5, atol=1e-7) for n in grads)
-
-
-@pytest.mark.parametrize("dropout", [0.3, 0.0])
-def test_the_fused_lora_update_gives_peft_s_loss_and_gradients(tiny, dropout: float) -> None:
-    loss, grads, _ = one_step(tiny, plain=False, lora_dropout=dropout)
-    peft_loss, peft_grads, _ = one_step(tiny, plain=False, peft_forward=True, lora_dropout=dropout)
-    assert grads and grads.keys() == peft_grads.keys()
-    assert torch.allclose(loss, peft_loss, rtol=1e-6)
-    assert all(torch.allclose(grads[n], peft_grads[n], rtol=1e-5, atol=1e-8) for n in grads)
-
-
-def test_the_fused_lora_layers_leave_a_disabled_or_merged_adapter_to_peft(tiny) -> None:
-    model = build_model(settle(load_config(tiny)), "fp32").eval()
-    for layer in lora_layers(model):
-        for b in layer.lora_B.values():
-            torch.nn.init.normal_(b.weight, std=0.5)  # a trained adapter: B is zero when training starts
-    ids = torch.tensor([[5, 17, 33, 2, 9]])
-    with torch.no_grad():
-        tuned = model(input_ids=ids).logits
-        with model.disable_adapter():
-            base = model(input_ids=ids).logits
-        as_peft_forward(model)
-        assert torch.allclose(model(input_ids=ids).logits, tuned, rtol=1e-5, atol=1e-6)
-        with model.disable_adapter():
-            assert torch.equal(model(input_ids=ids).logits, base)
-        use_fused_lora(model)
-        model.merge_adapter()
-        assert torch.allclose(model(input_ids=ids).logits, tuned, rtol=1e-4, atol=1e-5)
-    assert not torch.allclose(tuned, base, atol=1e-3)
 
 
 def test_the_output_layer_gets_a_contiguous_input_for_the_last_positions(tiny) -> None:

@@ -71,10 +71,8 @@ def build_model(config: FinetuneConfig, precision: str) -> Any:
     model = get_peft_model(model, lora)  # target_modules were checked against the layers before the thread
     if on_cpu:
         from slmnb.training.dropout import use_fast_dropout
-        from slmnb.training.fused_lora import use_fused_lora
 
         use_fast_dropout(model)
-        use_fused_lora(model)
     return model
 
 
