@@ -106,24 +106,25 @@ def _contiguous_input(module: Any, args: tuple[Any, ...]) -> tuple[Any, ...]:
     return (args[0].contiguous(), *args[1:]) if args else args
 
 
+_M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_THRESHOLD = -1, -2, -3  # mallopt's parameter numbers (malloc.h)
+
+
 @functools.cache
 def keep_freed_memory() -> None:
     """Have glibc's malloc keep freed memory for reuse while training, instead of handing it back at once.
 
     By default, blocks over its (adaptive) mmap threshold are fresh mappings and the heap's top is trimmed when it
-    grows: each training step then faults in thousands of new pages (5,000-70,000 here) for activations it freed a
-    moment before. PyTorch's CPU tuning guide swaps in jemalloc or tcmalloc for this; inside a running kernel the
-    same knobs of glibc are what there is: per step of the demo job, 3% faster in fp32 and 9-17% in bf16, peak
-    memory unchanged (BENCHMARKS.md, speed). release_memory still hands the heap back when a job ends.
+    grows: each training step then faults in thousands of new pages (5,000-12,000 per 8-row fp32 micro-batch of the
+    demo job here) for activations it freed a moment before. PyTorch's CPU tuning guide swaps in jemalloc or
+    tcmalloc for this; inside a running kernel the same knobs of glibc are what there is: per step of the demo job,
+    3% faster in fp32 and 9-17% in bf16, peak memory unchanged (BENCHMARKS.md, speed). release_memory still hands
+    the heap back when a job ends.
     """
     mallopt = _libc_function("mallopt")
     if mallopt is not None:
         mallopt(_M_MMAP_THRESHOLD, 32 * 2**20)  # glibc's largest: every tensor of a small model's step is below it
         mallopt(_M_TRIM_THRESHOLD, 2**30)
         mallopt(_M_TOP_PAD, 64 * 2**20)
-
-
-_M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_THRESHOLD = -1, -2, -3  # mallopt's parameter numbers (malloc.h)
 
 
 @functools.cache
