@@ -11,7 +11,8 @@ to its end, as `make demo` does, then scores the tones test split. Each sample r
 
 Then, per precision, the FLOPs of one optimizer step of the demo job, counted by torch's FlopCounterMode over real
 micro-batches of the training set (the matmuls the CPU does, padding included), divided by the median step time,
-as a share of the matmul peak of that precision measured in the same process.
+as a share of the matmul peak of that precision measured in the same process. Separately for the first epoch and
+the later ones, which skip the frozen bottom layers (slmnb.training.prefix) and so do fewer FLOPs.
 """
 
 from __future__ import annotations
@@ -39,13 +40,12 @@ FLOP_BATCHES = 8  # micro-batches counted: two optimizer steps of the demo job
 
 def run_child(precision: str, seed: int) -> dict[str, Any]:
     """In a fresh process: the demo job as `make demo` starts it, to the end, then its test accuracy."""
-    from itertools import pairwise
-
     import slmnb
     from slmnb.demo import DEMO_CONFIG
     from slmnb.training import events as ev
 
     stamps: list[float] = []  # the end of each step
+    after_eval: set[int] = set()  # steps whose time since the step before holds an evaluation
     evaluating = 0.0  # seconds from a step's end to its evaluation's end
 
     def listen(event: ev.Event) -> None:
@@ -54,6 +54,7 @@ def run_child(precision: str, seed: int) -> dict[str, Any]:
             stamps.append(time.perf_counter())
         elif isinstance(event, ev.Eval):
             evaluating += time.perf_counter() - stamps[-1]
+            after_eval.add(len(stamps) + 1)
 
     os.chdir(tempfile.mkdtemp())  # the run folder goes to ./runs: not into the checkout
     start = time.perf_counter()
@@ -61,16 +62,33 @@ def run_child(precision: str, seed: int) -> dict[str, Any]:
     run.wait()
     wall = time.perf_counter() - start
     accuracy = run.evaluate("test", metrics="accuracy", progress=False).scores["accuracy"]
-    # A few gaps also hold an evaluation (every eval_steps; the last follows the last step): the median leaves them out.
-    steps = [b - a for a, b in pairwise(stamps)]
+    # Step n's time is stamps[n-1] - stamps[n-2]; the steps that follow an evaluation are left out. The first epoch
+    # computes every layer; later epochs take the frozen bottom layers' output kept from it (slmnb.training.prefix).
+    epoch = epoch_steps()
+    steps = {n: stamps[n - 1] - stamps[n - 2] for n in range(2, len(stamps) + 1) if n not in after_eval}
     return {"precision": precision, "seed": seed, "steps": run.step, "finetune_s": wall,
-            "first_step_s": stamps[0] - start, "median_s_per_step": statistics.median(steps),
+            "first_step_s": stamps[0] - start, "median_s_per_step": statistics.median(steps.values()),
+            "median_s_per_step_first_epoch": statistics.median(t for n, t in steps.items() if n <= epoch),
+            "median_s_per_step_later": statistics.median(t for n, t in steps.items() if n > epoch),
             "evaluation_s": evaluating, "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
             "test_accuracy": accuracy}
 
 
+def epoch_steps() -> int:
+    """Optimizer steps in one epoch of the demo job's training rows."""
+    from slmnb.config import load_config
+    from slmnb.data import load_data, with_default_templates
+    from slmnb.demo import DEMO_CONFIG
+    from slmnb.training.prepare import settle
+
+    config = settle(with_default_templates(load_config(DEMO_CONFIG)))
+    per_step = config.per_device_train_batch_size * config.gradient_accumulation_steps
+    return -(-len(load_data(config).train) // per_step)
+
+
 def flops_child(precision: str) -> dict[str, Any]:
-    """FLOPs of one optimizer step of the demo job, and this process's matmul peak in that precision."""
+    """FLOPs of one optimizer step of the demo job, in its first epoch and in a later one (the frozen bottom layers'
+    output kept), and this process's matmul peak in that precision."""
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
@@ -79,6 +97,7 @@ def flops_child(precision: str) -> dict[str, Any]:
     from slmnb.demo import DEMO_CONFIG
     from slmnb.models import load_tokenizer
     from slmnb.training.engine import Collator, build_model, trim_to_labelled_tail
+    from slmnb.training.prefix import frozen_prefix
     from slmnb.training.prepare import settle
 
     config = settle(with_default_templates(load_config(DEMO_CONFIG)))
@@ -87,15 +106,19 @@ def flops_child(precision: str) -> dict[str, Any]:
     random.Random(config.seed).shuffle(rows)  # batches as the Trainer draws them: random rows, padded together
     model = build_model(config, precision)
     model.train()
+    prefix = frozen_prefix(model)
+    assert prefix is not None, "the demo job trains its top layers only"
     collate, size = Collator(tokenizer.pad_token_id), config.per_device_train_batch_size
-    counter = FlopCounterMode(display=False)
-    with counter:
-        for i in range(FLOP_BATCHES):
-            inputs = trim_to_labelled_tail(collate(rows[i * size:(i + 1) * size]))
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
-                loss = model(**inputs).loss
-            loss.backward()
-    per_step = counter.get_total_flops() / FLOP_BATCHES * config.gradient_accumulation_steps
+    per_step = {}
+    for epoch in ("first", "later"):  # the same micro-batches twice: the second pass finds every row kept
+        counter = FlopCounterMode(display=False)
+        with counter:
+            for i in range(FLOP_BATCHES):
+                inputs = trim_to_labelled_tail(collate(rows[i * size:(i + 1) * size]))
+                with prefix.rows(inputs), torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+                    loss = model(**inputs).loss
+                loss.backward()
+        per_step[epoch] = counter.get_total_flops() / FLOP_BATCHES * config.gradient_accumulation_steps
     dtype = torch.bfloat16 if precision == "bf16" else torch.float32
     return {"precision": precision, "flops_per_step": per_step, "peak_gflops": matmul_gflops(dtype, size=2048)}
 
@@ -141,21 +164,25 @@ def main() -> int:
     for precision in precisions:
         mine = [s for s in samples if s["precision"] == precision]
         flops = child(["--flops-child", precision])
-        step = statistics.median(s["median_s_per_step"] for s in mine)
-        achieved = flops["flops_per_step"] / step
+        first = statistics.median(s["median_s_per_step_first_epoch"] for s in mine)
+        later = statistics.median(s["median_s_per_step_later"] for s in mine)
+        achieved = {epoch: flops["flops_per_step"][epoch] / seconds for epoch, seconds in (("first", first),
+                                                                                           ("later", later))}
         summary[precision] = {
             "finetune_s_median": statistics.median(s["finetune_s"] for s in mine),
             "finetune_s_max": max(s["finetune_s"] for s in mine),
             "goal_s": GOAL_S[precision] if precision != "fp32" or auto == "fp32" else None,
             "test_accuracy": [s["test_accuracy"] for s in mine],
-            "median_s_per_step": step,
+            "median_s_per_step": statistics.median(s["median_s_per_step"] for s in mine),
+            "median_s_per_step_first_epoch": first,
+            "median_s_per_step_later": later,
             "first_step_s_median": statistics.median(s["first_step_s"] for s in mine),
             "evaluation_s_median": statistics.median(s["evaluation_s"] for s in mine),
             "peak_rss_gb_max": max(s["peak_rss_gb"] for s in mine),
-            "gflops_per_step": flops["flops_per_step"] / 1e9,
-            "achieved_gflops": achieved / 1e9,
+            "gflops_per_step": {k: v / 1e9 for k, v in flops["flops_per_step"].items()},
+            "achieved_gflops": {k: v / 1e9 for k, v in achieved.items()},
             "matmul_peak_gflops": flops["peak_gflops"],
-            "share_of_peak": achieved / 1e9 / flops["peak_gflops"],
+            "share_of_peak": {k: v / 1e9 / flops["peak_gflops"] for k, v in achieved.items()},
         }
     result = {"machine": described, "precision_auto": auto, "summary": summary, "samples": samples}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

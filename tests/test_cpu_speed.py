@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import threading
+from contextlib import nullcontext
 
 import pytest
 import torch
@@ -141,3 +142,88 @@ def test_release_openmp_pool_frees_a_threads_idle_workers() -> None:
     thread.start()
     thread.join()
     assert seen == {"with pool": torch.get_num_threads() - 1, "released": True, "after": 0}
+
+
+def bottom_calls(model: torch.nn.Module) -> list[int]:
+    """A list that grows by one each time the first decoder layer's MLP runs."""
+    calls: list[int] = []
+    model.base_model.model.model.layers[0].mlp.register_forward_pre_hook(lambda m, args: calls.append(1))
+    return calls
+
+
+def loss_and_grads(model: torch.nn.Module, inputs: dict, prefix=None) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    inputs = trim_to_labelled_tail(inputs)
+    torch.manual_seed(0)  # the LoRA layers' dropout masks alike on every pass
+    with prefix.rows(inputs) if prefix is not None else nullcontext():
+        loss = model(**inputs).loss
+    loss.backward()
+    grads = [p.grad.clone() for p in model.parameters() if p.requires_grad]
+    model.zero_grad()
+    return loss.detach(), grads
+
+
+def test_the_frozen_bottom_layers_run_once_per_row_and_give_the_same_loss_and_gradients(tiny) -> None:
+    from slmnb.data import encode_rows, load_data
+    from slmnb.models import load_tokenizer
+    from slmnb.training.prefix import frozen_prefix
+
+    config = settle(load_config({**tiny, "layers_to_transform": "1"}))  # LoRA on the top of the 2 layers only
+    model = build_model(config, "fp32")
+    model.train()
+    prefix = frozen_prefix(model)
+    assert prefix is not None and prefix.depth == 1
+    tokenizer = load_tokenizer(config.model_name_or_path)
+    rows = encode_rows(config, tokenizer, load_data(config).train[:8])[0]
+    rows[1]["input_ids"] = rows[1]["input_ids"][:-6] + rows[1]["input_ids"][-4:]  # lengths differ: padding moves
+    rows[1]["labels"] = rows[1]["labels"][:-6] + rows[1]["labels"][-4:]
+    collate, calls = Collator(tokenizer.pad_token_id), bottom_calls(model)
+
+    loss_and_grads(model, collate(rows[:4]), prefix)
+    loss_and_grads(model, collate(rows[4:]), prefix)
+    assert len(calls) == 2  # the first pass over each row runs the bottom layer
+    regrouped = collate([rows[5], rows[1], rows[6], rows[2]])  # the same rows with other neighbours and padding
+    plain = loss_and_grads(model, regrouped)
+    assert len(calls) == 3
+    kept = loss_and_grads(model, regrouped, prefix)
+    assert len(calls) == 3  # every row was kept: the bottom layer did not run
+    assert torch.allclose(kept[0], plain[0], rtol=1e-6)
+    assert all(torch.allclose(a, b, rtol=1e-5, atol=1e-8) for a, b in zip(kept[1], plain[1], strict=True))
+
+    loss_and_grads(model, collate([*rows[:2], rows[0]]), prefix)  # a row twice in one batch is kept once
+    model.eval()
+    with torch.no_grad():
+        model(**collate(rows[:4]))  # generation and other forwards outside the loss compute as usual
+    assert len(calls) == 4
+
+
+@pytest.mark.parametrize("change", ["every layer trained", "trainable embeddings", "attention dropout"])
+def test_no_frozen_prefix_where_it_could_change_the_result(tiny, change: str) -> None:
+    from slmnb.training.prefix import frozen_prefix
+
+    fields = {} if change == "every layer trained" else {"layers_to_transform": "1"}
+    model = build_model(settle(load_config({**tiny, **fields})), "fp32")
+    if change == "trainable embeddings":
+        model.get_input_embeddings().weight.requires_grad_(True)
+    elif change == "attention dropout":
+        model.config.attention_dropout = 0.1
+    assert frozen_prefix(model) is None
+
+
+def test_a_run_keeping_its_frozen_bottom_learns_what_a_run_without_it_does(tiny, workdir, monkeypatch) -> None:
+    import slmnb
+    from slmnb.training import engine
+
+    config = {**tiny, "layers_to_transform": "1", "max_steps": 12}  # 96 rows over 43: three epochs
+
+    def losses(name: str) -> list[float]:
+        run = slmnb.finetune(config, name=name).wait()
+        assert run.status == "finished"
+        return [m["loss"] for m in run.metrics if "loss" in m] + [m["eval_loss"] for m in run.metrics
+                                                                     if "eval_loss" in m]
+
+    made, real = [], engine._frozen_prefix
+    monkeypatch.setattr(engine, "_frozen_prefix", lambda *args: made.append(real(*args)) or made[-1])
+    kept = losses("kept")
+    assert made[0] is not None and len(made[0].kept) == 48  # the 43 training rows and the 5 held out
+    monkeypatch.setattr(engine, "_frozen_prefix", lambda *args: None)
+    assert kept == pytest.approx(losses("plain"), rel=1e-5)

@@ -8,21 +8,25 @@ from __future__ import annotations
 
 import os
 import traceback
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from slmnb import data as data_mod
 from slmnb.checks import layer_numbers
 from slmnb.config import FinetuneConfig
 from slmnb.errors import ConfigError
 from slmnb.models import keep_freed_memory, load_tokenizer, quiet_libraries, release_memory
-from slmnb.training.arguments import plan_steps, training_arguments
+from slmnb.training.arguments import StepPlan, plan_steps, training_arguments
 from slmnb.training.base import load_base
 from slmnb.training.callback import Sink, diverged, make_callback, weights_finite
 from slmnb.training.events import perplexity
 from slmnb.training.generation_eval import GenerationEval, plan_generation_eval
 from slmnb.training.runfiles import RunFolder
+
+if TYPE_CHECKING:
+    from slmnb.training.prefix import FrozenPrefix
 
 
 def effective_precision(requested: str) -> str:
@@ -124,9 +128,12 @@ def _trainer_class() -> Any:
 
     class TailLossTrainer(Trainer):
         generation: GenerationEval | None = None  # set by train(): the run's generation-eval, if it has one
+        prefix: FrozenPrefix | None = None  # set by train(): the frozen bottom layers' kept rows, if any
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):  # type: ignore[no-untyped-def]
-            return super().compute_loss(model, trim_to_labelled_tail(inputs), return_outputs, num_items_in_batch)
+            inputs = trim_to_labelled_tail(inputs)
+            with self.prefix.rows(inputs) if self.prefix is not None else nullcontext():
+                return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
 
         def evaluation_loop(self, dataloader, description, prediction_loss_only=None, ignore_keys=None,  # type: ignore[no-untyped-def]
                             metric_key_prefix="eval"):
@@ -220,6 +227,7 @@ def _train(config: FinetuneConfig, rows: data_mod.Data, folder: RunFolder, sink:
                                data_collator=Collator(tokenizer.pad_token_id), callbacks=callbacks,
                                compute_loss_func=loss_func)
     trainer.generation = generation
+    trainer.prefix = _frozen_prefix(model, config, plan, len(train_set), bool(eval_set), world)
     trainer.remove_callback(PrinterCallback)
     try:
         trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
@@ -238,6 +246,18 @@ def _train(config: FinetuneConfig, rows: data_mod.Data, folder: RunFolder, sink:
             raise diverged(step, "the weights are no longer finite numbers", config.peak_learning_rate)
         output = folder.save_output(trainer.model, config, tokenizer if config.method == "full" else None)
     return Result(outcome, output, step)
+
+
+def _frozen_prefix(model: Any, config: FinetuneConfig, plan: StepPlan, train_rows: int, has_eval: bool,
+                   world: int) -> FrozenPrefix | None:
+    """Keep the frozen bottom layers' output per row if rows come back: a second epoch, or a second evaluation."""
+    from slmnb.training.prefix import frozen_prefix
+
+    rows_trained = plan.total * config.per_device_train_batch_size * config.gradient_accumulation_steps * world
+    evaluations = plan.total // plan.eval_steps if has_eval else 0
+    if rows_trained <= train_rows and evaluations < 2:
+        return None
+    return frozen_prefix(model)
 
 
 def _save_checkpoint(trainer: Any) -> None:
