@@ -19,7 +19,9 @@ DEMO_CONFIG: dict[str, Any] = {
     "system_prompt": "",  # an empty system message: SmolLM2's default one is 16 of a row's 65 tokens
     "method": "lora",
     "target_modules": "all-linear",
-    "layers_to_transform": "15-29",  # the top half of SmolLM2's 30 layers: no backward pass through the bottom 15
+    # The top half of SmolLM2's 30 layers: no backward pass through the bottom 15, and from the second epoch on no
+    # forward either (their output is kept per row: slmnb.training.prefix).
+    "layers_to_transform": "15-29",
     "lora_r": 16,
     "lora_alpha": 32,
     "lora_dropout": 0.0,  # dropout's masks cost 13-15% of a CPU step; accuracy held without them

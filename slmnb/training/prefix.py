@@ -6,9 +6,9 @@ give a row the same hidden states at every pass. A run of several epochs recompu
 comes back, and every evaluation recomputes them for the same held-out rows.
 
 `FrozenPrefix` keeps, per row (keyed by its tokens), the hidden states entering the first trained layer. When every
-row of a batch is kept, the bottom layers hand those over instead of computing: in the demo job (30 layers, the top
-15 trained) that is a third of a training micro-batch's work and half of an evaluation batch's. A batch with any new
-row computes as usual, and its rows are kept for the next time.
+row of a batch is kept, the bottom layers hand those over instead of computing. In the demo job (30 layers, the top
+15 trained) a step then does 31% fewer FLOPs; a micro-batch took 0.77x as long (fp32 and bf16), an evaluation batch
+0.57x (fp32) and 0.62x (bf16). A batch with any new row computes as usual, and its rows are kept for the next time.
 
 Only the loss forwards of the Trainer use it (`rows()` around them), not generation, whose prompts and KV cache are
 another matter. It attaches only where it cannot change the result: every trainable parameter lies in the trained
