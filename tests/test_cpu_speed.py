@@ -209,6 +209,31 @@ def test_no_frozen_prefix_where_it_could_change_the_result(tiny, change: str) ->
     assert frozen_prefix(model) is None
 
 
+class TupleLayer(torch.nn.Module):
+    """A decoder layer in the older style: it returns a tuple."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = torch.nn.Linear(4, 4)
+
+    def forward(self, hidden_states: torch.Tensor) -> tuple[torch.Tensor]:
+        return (self.linear(hidden_states),)
+
+
+def test_the_frozen_prefix_steps_aside_for_layers_that_return_tuples() -> None:
+    from slmnb.training.prefix import FrozenPrefix
+
+    layers = torch.nn.ModuleList([TupleLayer(), TupleLayer()])
+    prefix = FrozenPrefix(layers, depth=1)
+    inputs = {"input_ids": torch.tensor([[1, 2, 3]]), "attention_mask": torch.tensor([[1, 1, 1]])}
+    x = torch.randn(1, 3, 4)
+    for _ in range(2):
+        with prefix.rows(inputs):
+            out = layers[0](x)
+        assert isinstance(out, tuple) and torch.equal(out[0], layers[0].linear(x))  # computed, not handed over
+    assert not prefix.kept
+
+
 def test_a_run_keeping_its_frozen_bottom_learns_what_a_run_without_it_does(tiny, workdir, monkeypatch) -> None:
     import slmnb
     from slmnb.training import engine

@@ -36,6 +36,7 @@ class FrozenPrefix:
         self._rows: list[bytes] | None = None  # the keys of the batch in the current loss forward, if any
         self._mask: torch.Tensor | None = None
         self._hit = False
+        self._off = False  # set for good if the last frozen layer gives something other than [rows, positions, width]
         for index in range(depth):
             layer = layers[index]
             layer.forward = self._wrap(index, layer.forward)  # the instance's: names and weights stay as they are
@@ -47,7 +48,7 @@ class FrozenPrefix:
         mask = torch.ones_like(ids, dtype=torch.bool) if mask is None else mask.bool()
         self._rows = [row[keep].cpu().numpy().tobytes() for row, keep in zip(ids, mask, strict=True)]
         self._mask = mask
-        self._hit = all(key in self.kept for key in self._rows)
+        self._hit = not self._off and all(key in self.kept for key in self._rows)
         try:
             yield
         finally:
@@ -56,13 +57,14 @@ class FrozenPrefix:
     def _wrap(self, index: int, forward: Any) -> Any:
         last = index == self.depth - 1
 
-        def layer_forward(hidden_states: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
-            if self._rows is None:  # generation, or a forward outside the Trainer's loss
-                return forward(hidden_states, *args, **kwargs)
+        def layer_forward(*args: Any, **kwargs: Any) -> Any:
+            if self._rows is None or self._off:  # generation, or a forward outside the Trainer's loss
+                return forward(*args, **kwargs)
             if self._hit:
                 # The first layer hands over what the last frozen one gave; the others pass it on.
-                return self._assemble(hidden_states) if index == 0 else hidden_states
-            out = forward(hidden_states, *args, **kwargs)
+                hidden = args[0] if args else kwargs["hidden_states"]
+                return self._assemble(hidden) if index == 0 else hidden
+            out = forward(*args, **kwargs)
             if last:
                 self._keep(out)
             return out
@@ -77,8 +79,13 @@ class FrozenPrefix:
             out[i, self._mask[i]] = self.kept[key]
         return out
 
-    def _keep(self, out: torch.Tensor) -> None:
+    def _keep(self, out: Any) -> None:
         assert self._rows is not None and self._mask is not None
+        if not isinstance(out, torch.Tensor) or out.dim() != 3 or out.shape[:2] != self._mask.shape:
+            # A layer that returns a tuple (older architectures) or packs its rows: nothing to hand over safely.
+            self._off = True
+            self.kept.clear()
+            return
         for i, key in enumerate(self._rows):
             if key in self.kept or self.bytes >= BUDGET_BYTES:
                 continue
