@@ -20,7 +20,7 @@ def test_every_training_field_reaches_the_trainer(tmp_path) -> None:
     assert args.get_warmup_steps(40) == 10  # a fraction below 1 is a ratio of the run
     assert args.activation_checkpointing and args.activation_checkpointing_kwargs == {"use_reentrant": False}
     assert (args.gradient_accumulation_steps, args.logging_steps) == (4, 5)
-    assert (args.per_device_train_batch_size, args.per_device_eval_batch_size) == (6, 6)
+    assert (args.per_device_train_batch_size, args.per_device_eval_batch_size) == (6, 12)  # no backward: 2x
     assert (args.max_steps, args.eval_steps, args.save_steps) == (40, 10, 20)
     assert (args.seed, args.data_seed) == (7, 7)
     assert args.load_best_model_at_end and args.metric_for_best_model == "eval_loss"
@@ -155,6 +155,8 @@ def test_generation_eval_answers_the_same_seeded_sample_at_every_evaluation() ->
     other = plan(config.replace(seed=4))
     assert other is not None and other.prompts != first.prompts  # the seed picks the rows
     assert first.max_new_tokens == answer_budget(encoded) == 4 + 2 and first.names == ["accuracy"]
+    # No backward pass follows: batches twice a training micro-batch, as the eval loss's (inference_batch_size).
+    assert first.batch_size == 2 * config.per_device_train_batch_size
     assert plan(config.replace(eval_max_new_tokens=30)).max_new_tokens == 30  # type: ignore[union-attr]
     # A run made before metrics were settled into config.yaml, resumed: chosen from its data as a new run's are.
     assert plan(config.replace(metrics=None)).names == ["accuracy", "f1"]  # type: ignore[union-attr]

@@ -15,6 +15,7 @@ from typing import Any
 
 from slmnb.config import DEFAULT_EVAL_GENERATE_SAMPLES, MAX_EVAL_NEW_TOKENS, FinetuneConfig
 from slmnb.data import prompt_ids, render
+from slmnb.training.arguments import inference_batch_size
 
 
 @dataclass
@@ -101,7 +102,7 @@ def plan_generation_eval(config: FinetuneConfig, tokenizer: Any, eval_rows: Sequ
     return GenerationEval(names=names, prompts=[prompts[i] for i in by_length],
                           references=[references[i] for i in by_length],
                           max_new_tokens=config.eval_max_new_tokens or answer_budget(encoded_train),
-                          batch_size=config.per_device_train_batch_size, tokenizer=tokenizer, check_stop=check_stop)
+                          batch_size=inference_batch_size(config), tokenizer=tokenizer, check_stop=check_stop)
 
 
 def answer_budget(encoded_train: Sequence[dict[str, list[int]]]) -> int:
