@@ -93,6 +93,9 @@ class ProgressBar:
         self.last: dict[str, float] = {}
         self.printed_tenth = -1
         self.warned: set[str] = set()
+        # (step, elapsed) of the first step seen: the ETA's pace is measured from it, since the time before it
+        # (loading, a model's one-time preparation) says nothing about the steps to come.
+        self.first: tuple[int, float] | None = None
 
     def warn(self, warning: str) -> None:
         """A likely mistake in the config, said before training starts (and not again among the run's notes)."""
@@ -110,6 +113,8 @@ class ProgressBar:
         elif isinstance(event, ev.Step):
             self.last.update(loss=event.loss, tokens_per_second=event.tokens_per_second, elapsed=event.elapsed,
                              step=event.step)
+            if self.first is None:
+                self.first = (event.step, event.elapsed)
             tenth = event.step * 10 // max(self.max_steps, 1)
             if self.tty or tenth > self.printed_tenth:
                 self.printed_tenth = tenth
@@ -127,8 +132,9 @@ class ProgressBar:
         filled = self.width * step // total
         elapsed = self.last.get("elapsed", 0.0)
         eta = ""
-        if step:
-            eta = f" ETA {clock(elapsed / step * (total - step))}"
+        if self.first is not None and step > self.first[0]:
+            pace = (elapsed - self.first[1]) / (step - self.first[0])
+            eta = f" ETA {clock(pace * (total - step))}"
         return (f"[{'#' * filled}{'.' * (self.width - filled)}] {step}/{total} loss {self.last.get('loss', 0):.4f} "
                 f"{self.last.get('tokens_per_second', 0):.0f} tok/s{eta}")
 
@@ -139,6 +145,34 @@ class ProgressBar:
             self.stream.write(text + "\n")
         self.stream.flush()
 
+
+
+def follow(run: Any, show: bool = True) -> float:
+    """Wait in the foreground for a run to end: print what it is busy with before its first step (a model's first
+    use takes about a minute), and stop it at the next step on Ctrl-C (a second Ctrl-C aborts). Returns the seconds
+    spent in those phases, the one-time preparation a first run pays."""
+    shown, since, preparing = None, time.perf_counter(), 0.0
+    try:
+        while run.alive:
+            if run.phase != shown:
+                now = time.perf_counter()
+                if shown:
+                    preparing += now - since
+                shown, since = run.phase, now
+                if shown and show:
+                    print(shown, file=sys.stderr, flush=True)
+            run.wait(0.2)  # short waits keep Ctrl-C responsive
+    except KeyboardInterrupt:
+        if show:
+            print("\nstopping at the next step (Ctrl-C again to abort)...", file=sys.stderr)
+        run.stop()
+    except SlmnbError:  # the run failed: its Failed event holds the one-sentence reason
+        pass
+    if shown:
+        preparing += time.perf_counter() - since
+    while run.alive:
+        run.wait(0.2)
+    return preparing
 
 
 def run_finetune(options: dict[str, Any], started: list[Any] | None = None) -> int:
@@ -177,22 +211,7 @@ def run_finetune(options: dict[str, Any], started: list[Any] | None = None) -> i
     run = finetune(source, resume=resume, listeners=listeners, **options)
     if started is not None:
         started.append(run)
-    shown = None
-    try:
-        while run.alive:
-            if run.phase != shown and rank0:  # a model's first use takes a minute before the first step
-                shown = run.phase
-                if shown:
-                    print(shown, file=sys.stderr, flush=True)
-            run.wait(0.2)  # short waits keep Ctrl-C responsive
-    except KeyboardInterrupt:
-        if rank0:
-            print("\nstopping at the next step (Ctrl-C again to abort)...", file=sys.stderr)
-        run.stop()
-    except SlmnbError:  # the run failed: its Failed event holds the one-sentence reason
-        pass
-    while run.alive:
-        run.wait(0.2)
+    follow(run, show=rank0)
     failed = [e for e in run.history if isinstance(e, ev.Failed)]
     if run.status == RunState.FAILED or failed:
         reason = failed[-1].reason if failed else "the run failed (see error.log in its folder)"

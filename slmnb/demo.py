@@ -53,15 +53,21 @@ GENERATION_DEMO_CONFIG: dict[str, Any] = {
 
 
 def main() -> int:
-    from slmnb.cli import ProgressBar
+    from slmnb.cli import ProgressBar, follow
     from slmnb.opt.compare import compare
     from slmnb.opt.export import export
     from slmnb.training.runs import finetune
 
     start = time.perf_counter()
     run = finetune(DEMO_CONFIG, listeners=[ProgressBar()])
-    run.wait()
-    trained = time.perf_counter() - start
+    preparing = follow(run)
+    run.wait()  # a failed run raises its one-sentence reason here
+    if run.status == "stopped":  # Ctrl-C: the run saved a checkpoint and the demo goes no further
+        print(f"resume with: slmnb finetune --name {run.name} --resume", file=sys.stderr)
+        return 130
+    trained = time.perf_counter() - start - preparing
+    if preparing:
+        print(f"preparing {DEMO_CONFIG['model_name_or_path']} for its first use took {preparing:.0f} s (once)")
     print(f"fine-tuning took {trained:.0f} s for {run.step} steps; adapter in {run.output_path}\n")
 
     start = time.perf_counter()

@@ -72,6 +72,20 @@ def test_progress_bar_on_a_pipe_prints_tenths_and_evals(tmp_path) -> None:
     assert lines[-1] == "step 100/100: eval loss 0.5000, perplexity 1.65"
 
 
+def test_progress_bar_eta_leaves_out_the_time_before_the_first_step(tmp_path) -> None:
+    # A model's first use spends a minute before step 1: the ETA is the pace of the steps, not of that minute.
+    out = (tmp_path / "log").open("w+")
+    bar = ProgressBar(out)
+    bar(ev.Started(step=0, elapsed=60, name="x", max_steps=40, precision="fp32", output_dir="runs/x", dropped_rows=0))
+    for step in range(1, 21):
+        bar(ev.Step(step=step, elapsed=70 + (step - 1) * 2.0, loss=1.0, learning_rate=1e-3, grad_norm=1.0,
+                    tokens_per_second=100.0, epoch=1.0))
+    out.seek(0)
+    lines = out.read().splitlines()
+    assert "ETA" not in lines[1]  # step 1: no pace yet
+    assert lines[-1].startswith("[############............] 20/40") and lines[-1].endswith("ETA 0:00:40"), lines[-1]
+
+
 @pytest.mark.skipif(shutil.which("torchrun") is None and not Path(sys.executable).with_name("torchrun").exists(),
                     reason="torchrun is not installed")
 def test_torchrun_two_processes(config_file: Path) -> None:
