@@ -338,23 +338,24 @@ def reopen_until_live(page: Any, lab: dict[str, Any]) -> Any:
     reopened page's chart stayed frozen while the run trained on (its metrics.jsonl gained a step every second); once
     the server log also filled with "Cannot handle comm_msg ...: Unknown subshell_id" (JupyterLab 4.6, ipykernel
     7.4). Opening the page again is what a user does, so the test does it once and says so; a chart still frozen
-    then fails the test.
+    then fails the test. Once (2026-12-02, the whole suite on a slow machine; this file alone passed right after)
+    the reopened page showed no chart at all within 60 s: that too gets the second opening.
     """
     from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
 
     for attempt in (1, 2):
         open_notebook(page, lab, "01-quickstart.ipynb")
         training = cell(page, "%%finetune --name")
-        training.locator(".js-plotly-plot").first.wait_for(timeout=60_000)
-        page.wait_for_function("el => el.data && el.data[0].x && el.data[0].x.length >= 2", arg=plot(training),
-                               timeout=30_000)
         try:
+            training.locator(".js-plotly-plot").first.wait_for(timeout=60_000)
+            page.wait_for_function("el => el.data && el.data[0].x && el.data[0].x.length >= 2",
+                                   arg=plot(training), timeout=30_000)
             wait_growth(page, training)
             return training
         except PlaywrightTimeoutError:
             if attempt == 2:
                 raise
-            print("the reopened page's chart stayed frozen: opening it again (see reopen_until_live)")
+            print("the reopened page's chart did not come back live: opening it again (see reopen_until_live)")
     raise AssertionError("unreachable")
 
 
